@@ -99,7 +99,14 @@ export interface PortAttr {
 /** Logical port states of `enum ibv_port_state`. */
 export type PortState = "NOP" | "DOWN" | "INIT" | "ARMED" | "ACTIVE" | "ACTIVE_DEFER";
 
-const PORT_STATES: readonly PortState[] = ["NOP", "DOWN", "INIT", "ARMED", "ACTIVE", "ACTIVE_DEFER"];
+const PORT_STATES: readonly PortState[] = [
+  "NOP",
+  "DOWN",
+  "INIT",
+  "ARMED",
+  "ACTIVE",
+  "ACTIVE_DEFER",
+];
 
 /** Everything the config space holds. */
 export interface DeviceConfig {
@@ -177,7 +184,9 @@ const MTUS = [256, 512, 1024, 2048, 4096];
 /** Encodes the config space. Throws a `RangeError` naming a value that does not fit. */
 export function encodeDeviceConfig(config: DeviceConfig): Uint8Array {
   if (config.gids.length > MAX_GIDS) {
-    throw new RangeError(`${config.gids.length} GIDs do not fit the config space (max ${MAX_GIDS})`);
+    throw new RangeError(
+      `${config.gids.length} GIDs do not fit the config space (max ${MAX_GIDS})`,
+    );
   }
   const out = new Uint8Array(CONFIG_SIZE);
   const view = new DataView(out.buffer);
@@ -246,7 +255,9 @@ export function decodeDeviceConfig(bytes: Uint8Array): DeviceConfig {
     }
   }
   const gids: string[] = [];
-  for (let i = 0; i < gidCount; i++) gids.push(formatGid(bytes.subarray(off + i * 16, off + i * 16 + 16)));
+  for (let i = 0; i < gidCount; i++) {
+    gids.push(formatGid(bytes.subarray(off + i * 16, off + i * 16 + 16)));
+  }
   return { device: device as unknown as DeviceAttr, port: port as unknown as PortAttr, gids };
 }
 

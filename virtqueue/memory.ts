@@ -49,6 +49,7 @@ interface MappedRegion {
   view: DataView;
   bytes: Uint8Array;
   halves: Uint16Array;
+  words: Uint32Array;
 }
 
 /** Largest guest address we model: addresses stay exact JS numbers. */
@@ -93,6 +94,7 @@ export class GuestMemory {
         view: new DataView(r.buffer, 0, size),
         bytes: new Uint8Array(r.buffer, 0, size),
         halves: new Uint16Array(r.buffer, 0, size >>> 1),
+        words: new Uint32Array(r.buffer, 0, size >>> 2),
       };
     }).sort((a, b) => a.start - b.start);
     for (let i = 1; i < mapped.length; i++) {
@@ -246,6 +248,37 @@ export class GuestMemory {
   storeU16(addr: number, value: number): void {
     const { r, i } = this.#halfIndex(addr);
     Atomics.store(r.halves, i, value);
+  }
+
+  #wordIndex(addr: number): { r: MappedRegion; i: number } {
+    const r = this.#region(addr, 4);
+    const off = addr - r.start;
+    if ((off & 3) !== 0) throw new GuestMemoryError(addr, 4, "is not 4-byte aligned for an atomic");
+    return { r, i: off >>> 2 };
+  }
+
+  /** Atomically reads a u32 (doorbell words, flags), 4-byte aligned. */
+  loadU32(addr: number): number {
+    const { r, i } = this.#wordIndex(addr);
+    return Atomics.load(r.words, i);
+  }
+
+  /** Atomically writes a u32, 4-byte aligned. */
+  storeU32(addr: number, value: number): void {
+    const { r, i } = this.#wordIndex(addr);
+    Atomics.store(r.words, i, value);
+  }
+
+  /** Atomically ORs `bits` into a u32 and returns the old value (doorbell: set a queue's bit). */
+  orU32(addr: number, bits: number): number {
+    const { r, i } = this.#wordIndex(addr);
+    return Atomics.or(r.words, i, bits);
+  }
+
+  /** Atomically replaces a u32 and returns the old value (doorbell: take all set bits). */
+  exchangeU32(addr: number, value: number): number {
+    const { r, i } = this.#wordIndex(addr);
+    return Atomics.exchange(r.words, i, value);
   }
 
   /**

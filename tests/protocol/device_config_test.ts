@@ -90,7 +90,9 @@ Deno.test("GIDs parse and format as IPv6 text", () => {
     [...parseGid("::ffff:127.0.0.2")],
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 2],
   );
-  for (const text of ["::ffff:10.99.0.3", "fe80::1", "::", "1:2:3:4:5:6:7:8", "2001:db8::1:0:0:1"]) {
+  for (
+    const text of ["::ffff:10.99.0.3", "fe80::1", "::", "1:2:3:4:5:6:7:8", "2001:db8::1:0:0:1"]
+  ) {
     assert.equal(formatGid(parseGid(text)), text);
   }
   for (const bad of ["1::2::3", "::ffff:300.0.0.1", "abcde::", "1:2:3", "hello"]) {
