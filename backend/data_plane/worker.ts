@@ -1,0 +1,181 @@
+/**
+ * The data-plane Worker: serves every guest's virtqueues of one backend.
+ *
+ * It sleeps in a synchronous `epoll_wait` over the guests' kick eventfds and
+ * its own control eventfd, so a kick costs one syscall to wake and no thread
+ * per queue. After work it keeps polling the doorbells for a short while
+ * (guests see `deviceAwake` and skip the eventfd write), then re-arms and
+ * sleeps. Commands from the service thread are posted and then announced on
+ * the control eventfd; the Worker yields to its event loop to receive exactly
+ * as many as the eventfd counted.
+ *
+ * @module
+ */
+
+/// <reference lib="deno.worker" />
+
+import { Epoll } from "../../virtqueue/sys/epoll.ts";
+import { EventFd } from "../../virtqueue/sys/eventfd.ts";
+import { closeFd } from "../../virtqueue/sys/libc.ts";
+import { EventType } from "../../protocol/device_interface.ts";
+import { GuestDevice } from "./guest_device.ts";
+import { Counters } from "./stats.ts";
+import type { WorkerInit } from "./client.ts";
+import type { DataPlaneNotice, DataPlaneReply, SequencedCommand } from "./messages.ts";
+
+/** How long to keep polling after the last work, in milliseconds. */
+const SPIN_MS = 0.05;
+const CONTROL_TOKEN = 0;
+
+const inbox: SequencedCommand[] = [];
+let wakeInbox: (() => void) | null = null;
+let started = false;
+
+function post(msg: DataPlaneReply | DataPlaneNotice): void {
+  self.postMessage(msg);
+}
+
+self.onmessage = (e: MessageEvent<WorkerInit | SequencedCommand>) => {
+  if (!started) {
+    started = true;
+    run(e.data as WorkerInit).catch((err) => {
+      post({ notice: "log", level: "error", message: `data plane died: ${err?.stack ?? err}` });
+      self.close();
+    });
+    return;
+  }
+  inbox.push(e.data as SequencedCommand);
+  wakeInbox?.();
+};
+
+async function nextCommand(): Promise<SequencedCommand> {
+  while (inbox.length === 0) {
+    await new Promise<void>((resolve) => (wakeInbox = resolve));
+    wakeInbox = null;
+  }
+  return inbox.shift()!;
+}
+
+async function run(init: WorkerInit): Promise<void> {
+  const counters = new Counters(init.counters);
+  // The service thread owns the control eventfd; this view must not close it.
+  const control = EventFd.fromFd(init.controlFd, { owned: false });
+  const epoll = Epoll.create();
+  epoll.add(control.fd, CONTROL_TOKEN);
+  const guests = new Map<number, GuestDevice>();
+
+  const execute = (cmd: SequencedCommand): number | undefined => {
+    if (cmd.cmd === "stop") return undefined;
+    if (cmd.cmd === "addGuest") {
+      if (guests.has(cmd.guest)) throw new Error(`guest ${cmd.guest} exists`);
+      guests.set(
+        cmd.guest,
+        new GuestDevice(cmd.guest, cmd.ip, counters, (queue, error) => {
+          post({ notice: "broken", guest: cmd.guest, queue, error });
+        }),
+      );
+      return undefined;
+    }
+    const guest = guests.get(cmd.guest);
+    if (guest === undefined) {
+      // An fd sent along is ours to close, even when the command fails.
+      if (cmd.cmd === "setKick" || cmd.cmd === "setCall") closeFd(cmd.fd);
+      throw new Error(`guest ${cmd.guest} is unknown`);
+    }
+    switch (cmd.cmd) {
+      case "setMemory":
+        guest.setMemory(cmd.regions);
+        return undefined;
+      case "setVring":
+        guest.setVring(cmd.vring);
+        return undefined;
+      case "enableVring":
+        guest.enableVring(cmd.index, cmd.enabled);
+        return undefined;
+      case "stopVring":
+        return guest.stopVring(cmd.index);
+      case "setKick": {
+        const kick = guest.setKick(cmd.index, cmd.fd);
+        epoll.add(kick.fd, cmd.guest);
+        // A kick may have come before the fd was watched.
+        guest.service();
+        return undefined;
+      }
+      case "setCall":
+        guest.setCall(cmd.index, cmd.fd);
+        return undefined;
+      case "setDoorbell":
+        guest.setDoorbell(cmd.addr, cmd.queues);
+        return undefined;
+      case "notifyFatal":
+        guest.postEvent({ type: EventType.DEVICE_FATAL, element: 0, info: cmd.errno });
+        return undefined;
+      case "removeGuest":
+        for (const fd of guest.kickFds) epoll.remove(fd);
+        guest.destroy();
+        guests.delete(cmd.guest);
+        return undefined;
+    }
+  };
+
+  post({ notice: "ready" });
+  let expected = 0;
+  let running = true;
+  let spinUntil = 0;
+  let awake = false;
+  const setAwake = (on: boolean) => {
+    if (awake === on) return;
+    awake = on;
+    for (const g of guests.values()) g.setAwake(on);
+  };
+
+  while (running) {
+    const spinning = performance.now() < spinUntil;
+    if (!spinning && awake) {
+      // Going to sleep: from now on guests must kick. Look once more, since a
+      // guest may have rung the doorbell just before it saw the flag drop.
+      setAwake(false);
+      let worked = false;
+      for (const g of guests.values()) worked = g.service() || worked;
+      if (worked) {
+        spinUntil = performance.now() + SPIN_MS;
+        setAwake(true);
+        continue;
+      }
+    }
+    const n = epoll.wait(spinning ? 0 : -1);
+    let worked = false;
+    for (let i = 0; i < n; i++) {
+      const token = epoll.tokenAt(i);
+      if (token === CONTROL_TOKEN) {
+        expected += Number(control.read());
+        continue;
+      }
+      const guest = guests.get(token);
+      if (guest === undefined) continue;
+      guest.drainKicks();
+      worked = guest.service() || worked;
+    }
+    if (spinning) { for (const g of guests.values()) worked = g.service() || worked; }
+    while (expected > 0) {
+      const cmd = await nextCommand();
+      expected--;
+      let reply: DataPlaneReply;
+      try {
+        reply = { seq: cmd.seq, value: execute(cmd) };
+      } catch (e) {
+        reply = { seq: cmd.seq, error: (e as Error).message };
+      }
+      if (cmd.cmd === "stop") running = false;
+      post(reply);
+    }
+    if (worked) {
+      spinUntil = performance.now() + SPIN_MS;
+      setAwake(true);
+    }
+  }
+  for (const g of guests.values()) g.destroy();
+  guests.clear();
+  epoll.close();
+  self.close();
+}

@@ -1,0 +1,212 @@
+/**
+ * The backend service: one per host. It accepts guests on a unix socket,
+ * runs one vhost-user session per connection on this thread, and serves all
+ * their virtqueues from one data-plane Worker.
+ *
+ * @module
+ */
+
+import { resolve } from "node:path";
+import { Reactor } from "../virtqueue/sys/reactor.ts";
+import { UnixSocket } from "../virtqueue/sys/unix_socket.ts";
+import { DataPlane } from "./data_plane/client.ts";
+import type { DataPlaneNotice } from "./data_plane/messages.ts";
+import { type CounterName, Counters } from "./data_plane/stats.ts";
+import { Logger, type LogLevel } from "./log.ts";
+import { GuestSession } from "./session.ts";
+import { managementPath, ManagementServer } from "./management.ts";
+
+/** Socket file name used when no `--socket` is given (in the current directory). */
+export const DEFAULT_SOCKET = "vrdma.sock";
+/** RoCEv2's UDP port. */
+export const ROCE_PORT = 4791;
+
+/** How to start a backend. Everything is optional. */
+export interface BackendOptions {
+  /** Unix socket guests connect to. Default `./vrdma.sock`. */
+  socket?: string;
+  /** This host's IPv4 address; the GID is `::ffff:<ip>`. Default 127.0.0.1. */
+  ip?: string;
+  /** UDP port for RoCEv2. Default 4791. */
+  port?: number;
+  /** Guests served at once; more are refused. Default 64. */
+  maxGuests?: number;
+  /** Log level. Default "info" for the CLI; "warn" in-process. */
+  logLevel?: LogLevel;
+}
+
+/** What `host.stats()` returns: live resource counts and counters. */
+export type BackendStats = Record<CounterName, number>;
+
+/**
+ * A running backend.
+ *
+ * @example
+ * ```ts ignore
+ * import { startBackend } from "../mod.ts";
+ * const host = await startBackend({ socket: "/tmp/vrdma-doc.sock", ip: "127.0.0.9" });
+ * console.log(host.gid, host.stats().guests);
+ * await host.close();
+ * ```
+ */
+export class Backend {
+  /** The unix socket path guests connect to (absolute). */
+  readonly socket: string;
+  /** This host's IPv4 address. */
+  readonly ip: string;
+  /** The UDP port RoCEv2 uses. */
+  readonly port: number;
+  /** The port's GID: the IPv4-mapped IPv6 form of {@linkcode Backend.ip}. */
+  readonly gid: string;
+  readonly #listener: UnixSocket;
+  readonly #reactor: Reactor;
+  readonly #plane: DataPlane;
+  readonly #counters: Counters;
+  readonly #log: Logger;
+  readonly #maxGuests: number;
+  readonly #management: ManagementServer;
+  readonly #sessions = new Map<number, GuestSession>();
+  #nextGuest = 1;
+  #closing: Promise<void> | undefined;
+
+  /** Use {@linkcode startBackend}. */
+  constructor(parts: {
+    socket: string;
+    ip: string;
+    port: number;
+    listener: UnixSocket;
+    reactor: Reactor;
+    plane: DataPlane;
+    counters: Counters;
+    log: Logger;
+    maxGuests: number;
+  }) {
+    this.socket = parts.socket;
+    this.ip = parts.ip;
+    this.port = parts.port;
+    this.gid = `::ffff:${parts.ip}`;
+    this.#listener = parts.listener;
+    this.#reactor = parts.reactor;
+    this.#plane = parts.plane;
+    this.#counters = parts.counters;
+    this.#log = parts.log;
+    this.#maxGuests = parts.maxGuests;
+    this.#management = new ManagementServer(managementPath(this.socket), () => this.stats());
+    this.#reactor.watch(this.#listener.fd, () => this.#accept());
+  }
+
+  #accept(): void {
+    for (;;) {
+      let conn: UnixSocket | null;
+      try {
+        conn = this.#listener.accept();
+      } catch (e) {
+        this.#log.warn(`accept failed: ${(e as Error).message}`);
+        return;
+      }
+      if (conn === null) return;
+      // Sessions drain the socket until EAGAIN; a blocking socket would stall the service.
+      conn.setNonBlocking(true);
+      if (this.#closing !== undefined || this.#sessions.size >= this.#maxGuests) {
+        this.#log.warn(`refusing a guest: ${this.#sessions.size} of ${this.#maxGuests} served`);
+        conn.close();
+        continue;
+      }
+      const id = this.#nextGuest++;
+      const session = new GuestSession(
+        id,
+        conn,
+        { dataPlane: this.#plane, ip: this.ip, log: this.#log },
+        (s) => {
+          this.#reactor.unwatch(s.fd);
+          this.#sessions.delete(s.id);
+        },
+      );
+      this.#sessions.set(id, session);
+      this.#log.info(`guest ${id}: connected`);
+      // The data plane must know the guest before its first message is handled.
+      session.start().then(
+        () => {
+          if (session.closed) return;
+          this.#reactor.watch(session.fd, () => session.onReadable());
+          session.onReadable();
+        },
+        (e) => void session.close(`data plane refused the guest: ${(e as Error).message}`),
+      );
+    }
+  }
+
+  /** Live resource counts and counters, as a plain object. */
+  stats(): BackendStats {
+    return this.#counters.snapshot();
+  }
+
+  /**
+   * Stops serving: tells every guest (DEVICE_FATAL), frees every resource,
+   * stops the data plane and removes the socket file. Idempotent.
+   */
+  close(reason = "backend closing"): Promise<void> {
+    this.#closing ??= this.#shutdown(reason);
+    return this.#closing;
+  }
+
+  async #shutdown(reason: string): Promise<void> {
+    this.#log.info(`shutting down: ${reason}`);
+    this.#reactor.unwatch(this.#listener.fd);
+    this.#listener.close();
+    const sessions = [...this.#sessions.values()];
+    await Promise.all(sessions.map((s) => s.notifyFatal()));
+    await Promise.all(sessions.map((s) => s.close(reason)));
+    await this.#plane.stop();
+    await this.#reactor.close();
+    await this.#management.close();
+  }
+
+  /** `await using host = await startBackend(...)` closes it at scope end. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+/**
+ * Starts a backend in this process: listens on the socket, starts the data
+ * plane. Throws a `RangeError` for a bad option, a `SysError` when the socket
+ * cannot be bound (for example another backend is live there).
+ */
+export async function startBackend(options: BackendOptions = {}): Promise<Backend> {
+  const ip = options.ip ?? "127.0.0.1";
+  if (!IPV4.test(ip)) throw new RangeError(`ip "${ip}" is not an IPv4 address`);
+  const port = options.port ?? ROCE_PORT;
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new RangeError(`port ${port} is not in 1..65535`);
+  }
+  const maxGuests = options.maxGuests ?? 64;
+  if (!Number.isInteger(maxGuests) || maxGuests < 1) {
+    throw new RangeError(`maxGuests ${maxGuests} is not a positive integer`);
+  }
+  const socket = resolve(options.socket ?? DEFAULT_SOCKET);
+  const level = options.logLevel ?? "warn";
+  const log = new Logger(level, `vrdma[${ip}]`);
+  const counters = new Counters();
+  const plane = await DataPlane.start(counters, {
+    logLevel: level,
+    onNotice: (n: DataPlaneNotice) => {
+      if (n.notice === "log") log.log(n.level, `data plane: ${n.message}`);
+      if (n.notice === "broken") {
+        log.warn(`guest ${n.guest}: queue ${n.queue} broken: ${n.error} (device needs reset)`);
+      }
+    },
+  });
+  let listener: UnixSocket;
+  try {
+    listener = UnixSocket.listen(socket);
+  } catch (e) {
+    await plane.stop();
+    throw e;
+  }
+  const reactor = Reactor.create();
+  log.info(`serving guests on ${socket}, RoCEv2 on ${ip}:${port}`);
+  return new Backend({ socket, ip, port, listener, reactor, plane, counters, log, maxGuests });
+}

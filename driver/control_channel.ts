@@ -1,0 +1,188 @@
+/**
+ * The driver's end of the control channel: a vhost-user front-end on a unix
+ * socket. One request is outstanding at a time, as vhost-user requires; the
+ * socket is watched by the process's reactor, so waiting costs no thread.
+ *
+ * @module
+ */
+
+import {
+  encodeMessage,
+  MessageFlag,
+  MessageReader,
+  requestName,
+  type VhostUserMessage,
+} from "../protocol/vhost_user.ts";
+import { closeFd, SysError } from "../virtqueue/sys/libc.ts";
+import { errnoName } from "../protocol/device_interface.ts";
+import type { Reactor } from "../virtqueue/sys/reactor.ts";
+import { UnixSocket } from "../virtqueue/sys/unix_socket.ts";
+import { VerbsError } from "./errors.ts";
+
+/** What a request expects back. */
+export type ReplyKind = "none" | "ack" | "payload";
+
+/** A connected control channel. */
+export class ControlChannel {
+  /** The socket path, for messages. */
+  readonly path: string;
+  readonly #socket: UnixSocket;
+  readonly #reactor: Reactor;
+  readonly #reader = new MessageReader();
+  readonly #buf = new Uint8Array(8192);
+  readonly #onClose: ((error: VerbsError) => void)[] = [];
+  #waiter: PromiseWithResolvers<VhostUserMessage> | null = null;
+  #waitingFor = 0;
+  #queue: Promise<unknown> = Promise.resolve();
+  #error: VerbsError | null = null;
+
+  private constructor(path: string, socket: UnixSocket, reactor: Reactor) {
+    this.path = path;
+    this.#socket = socket;
+    this.#reactor = reactor;
+  }
+
+  /**
+   * Connects to the backend at `path`. A missing or dead socket becomes a
+   * `VerbsError` naming the path and the cause (`ENOENT`, `ECONNREFUSED`...).
+   */
+  static open(path: string, reactor: Reactor): ControlChannel {
+    let socket: UnixSocket;
+    try {
+      socket = UnixSocket.connect(path);
+      socket.setNonBlocking(true);
+    } catch (e) {
+      const code = e instanceof SysError ? e.code : "ENODEV";
+      throw new VerbsError(code, `no vrdma backend at ${path}: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+    const channel = new ControlChannel(path, socket, reactor);
+    reactor.watch(socket.fd, () => channel.#onReadable());
+    return channel;
+  }
+
+  /** Set once the channel is gone; every later request fails with it. */
+  get error(): VerbsError | null {
+    return this.#error;
+  }
+
+  /** Runs `listener` once when the connection is lost (not on {@linkcode ControlChannel.close}). */
+  onClose(listener: (error: VerbsError) => void): void {
+    this.#onClose.push(listener);
+  }
+
+  /**
+   * Sends a request and waits for what it expects back: nothing, a REPLY_ACK
+   * status (a nonzero status becomes a `VerbsError`), or a reply payload.
+   */
+  request(
+    request: number,
+    payload: Uint8Array = new Uint8Array(0),
+    options: { fds?: number[]; reply?: ReplyKind } = {},
+  ): Promise<Uint8Array> {
+    const run = () => this.#request(request, payload, options.fds ?? [], options.reply ?? "ack");
+    const result = this.#queue.then(run, run);
+    this.#queue = result.catch(() => {});
+    return result;
+  }
+
+  async #request(
+    request: number,
+    payload: Uint8Array,
+    fds: number[],
+    reply: ReplyKind,
+  ): Promise<Uint8Array> {
+    if (this.#error) throw this.#error;
+    const bytes = encodeMessage(request, payload, { needReply: reply === "ack" });
+    if (reply !== "none") {
+      this.#waiter = Promise.withResolvers<VhostUserMessage>();
+      this.#waitingFor = request;
+    }
+    try {
+      this.#socket.send(bytes, fds);
+    } catch (e) {
+      this.#fail(`sending ${requestName(request)} failed: ${(e as Error).message}`);
+    }
+    if (reply === "none") return new Uint8Array(0);
+    const msg = await this.#waiter!.promise;
+    if (reply === "payload") return msg.payload;
+    const status = msg.payload.length === 8
+      ? new DataView(msg.payload.buffer, msg.payload.byteOffset, 8).getBigUint64(0, true)
+      : -1n;
+    if (status !== 0n) {
+      throw new VerbsError(
+        status > 0n && status < 4096n ? errnoName(Number(status)) : "EPROTO",
+        `backend at ${this.path} refused ${requestName(request)} (status ${status})`,
+      );
+    }
+    return msg.payload;
+  }
+
+  #onReadable(): void {
+    for (;;) {
+      let got;
+      try {
+        got = this.#socket.receive(this.#buf, 4);
+      } catch (e) {
+        const reset = e instanceof SysError && e.code === "ECONNRESET";
+        this.#fail(
+          reset
+            ? "the backend closed the connection (reset)"
+            : `receive failed: ${(e as Error).message}`,
+        );
+        return;
+      }
+      if (got.bytes === -1) return;
+      for (const fd of got.fds) closeFd(fd); // the backend sends no fds
+      if (got.bytes === 0) {
+        this.#fail("the backend closed the connection");
+        return;
+      }
+      try {
+        this.#reader.push(this.#buf.subarray(0, got.bytes));
+        for (let m = this.#reader.next(); m !== undefined; m = this.#reader.next()) {
+          this.#deliver(m);
+        }
+      } catch (e) {
+        this.#fail(`malformed reply: ${(e as Error).message}`);
+        return;
+      }
+    }
+  }
+
+  #deliver(msg: VhostUserMessage): void {
+    const waiter = this.#waiter;
+    if (
+      waiter === null || msg.request !== this.#waitingFor || (msg.flags & MessageFlag.REPLY) === 0
+    ) {
+      this.#fail(`unexpected ${requestName(msg.request)} message from the backend`);
+      return;
+    }
+    this.#waiter = null;
+    waiter.resolve(msg);
+  }
+
+  #fail(why: string): void {
+    if (this.#error) return;
+    this.#error = new VerbsError("ENODEV", `backend at ${this.path}: ${why}`);
+    this.#shutdown();
+    this.#waiter?.reject(this.#error);
+    this.#waiter = null;
+    for (const listener of this.#onClose) listener(this.#error);
+  }
+
+  #shutdown(): void {
+    this.#reactor.unwatch(this.#socket.fd);
+    this.#socket.close();
+  }
+
+  /** Closes the connection; the backend frees everything of this device. */
+  close(): void {
+    if (this.#error) return;
+    this.#error = new VerbsError("ENODEV", `device on ${this.path} is closed`);
+    this.#shutdown();
+    this.#waiter?.reject(this.#error);
+    this.#waiter = null;
+  }
+}

@@ -1,0 +1,629 @@
+/**
+ * A descriptor chain as the device sees it, parsed from untrusted memory.
+ *
+ * {@linkcode DescriptorChain.fill} walks the chain once, with a time-to-live
+ * equal to the table size (a loop or an over-long chain is an error, never a
+ * hang), a running byte total that must stay below 2^32, at most one level of
+ * indirection, device-readable buffers strictly before device-writable ones,
+ * and every buffer inside guest memory. It copies each descriptor it reads,
+ * so a driver rewriting the table afterwards changes nothing.
+ *
+ * {@linkcode ChainReader} and {@linkcode ChainWriter} copy across the
+ * scattered buffers and go through `GuestMemory` again on every access, so
+ * the address check happens at the moment of use, not only at parse time.
+ *
+ * A chain object is reusable: the device fills the same one for every chain
+ * it pops in a hot loop, so nothing is allocated per chain.
+ *
+ * @module
+ */
+
+import { type GuestMemory, GuestMemoryError } from "./memory.ts";
+import { VirtqueueError } from "./errors.ts";
+import {
+  DESC_SIZE,
+  type GuestRange,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+} from "./layout.ts";
+
+const TWO_POW_32 = 0x1_0000_0000;
+/** `hi` words at or above this make an address beyond 2^53: outside any guest memory. */
+const HI_LIMIT = 0x200000;
+
+/**
+ * One chain popped from the available ring: its head index and its buffers,
+ * device-readable ones first (indices `0 .. readableCount - 1`), then
+ * device-writable ones.
+ *
+ * @example
+ * ```ts
+ * import { GuestMemory } from "./memory.ts";
+ * import { DescriptorChain } from "./descriptor_chain.ts";
+ * const mem = GuestMemory.fromBuffer(new SharedArrayBuffer(4096), 0x10000);
+ * // A two-entry descriptor table at 0x10000: a readable buffer chained to a writable one.
+ * mem.setAddr64(0x10000, 0x10100); mem.setU32(0x10008, 8); mem.setU16(0x1000c, 1); mem.setU16(0x1000e, 1);
+ * mem.setAddr64(0x10010, 0x10200); mem.setU32(0x10018, 4); mem.setU16(0x1001c, 2);
+ * const b = mem.bytes(0x10000, 32);
+ * const chain = new DescriptorChain();
+ * chain.fill(mem, new DataView(b.buffer, b.byteOffset, 32), 2, 0, false);
+ * if (chain.readableBytes !== 8 || chain.writableBytes !== 4) throw new Error("wrong chain");
+ * ```
+ */
+export class DescriptorChain {
+  #mem: GuestMemory | null = null;
+  #head = -1;
+  #count = 0;
+  #readable = 0;
+  #readableBytes = 0;
+  #writableBytes = 0;
+  #addrs: Float64Array;
+  #lens: Float64Array;
+  readonly #reader: ChainReader;
+  readonly #writer: ChainWriter;
+
+  /** An empty chain with room for `capacity` buffers; it grows when a longer chain arrives. */
+  constructor(capacity = 4) {
+    const cap = Math.max(1, Math.floor(capacity));
+    this.#addrs = new Float64Array(cap);
+    this.#lens = new Float64Array(cap);
+    this.#reader = new ChainReader(this);
+    this.#writer = new ChainWriter(this);
+  }
+
+  /** The head descriptor index (what goes into the used ring), or -1 before the first fill. */
+  get head(): number {
+    return this.#head;
+  }
+
+  /** The guest memory the chain was read from. Throws a `TypeError` before the first fill. */
+  get memory(): GuestMemory {
+    if (this.#mem === null) throw new TypeError("descriptor chain is empty: fill or pop it first");
+    return this.#mem;
+  }
+
+  /** Number of buffers (readable and writable). */
+  get count(): number {
+    return this.#count;
+  }
+
+  /** Number of device-readable buffers; they are indices `0 .. readableCount - 1`. */
+  get readableCount(): number {
+    return this.#readable;
+  }
+
+  /** Number of device-writable buffers; they follow the readable ones. */
+  get writableCount(): number {
+    return this.#count - this.#readable;
+  }
+
+  /** Total bytes of the device-readable buffers. */
+  get readableBytes(): number {
+    return this.#readableBytes;
+  }
+
+  /** Total bytes of the device-writable buffers. */
+  get writableBytes(): number {
+    return this.#writableBytes;
+  }
+
+  /** Guest address of buffer `i` (undefined past {@linkcode DescriptorChain.count}). */
+  addr(i: number): number {
+    return this.#addrs[i]!;
+  }
+
+  /** Length of buffer `i` (undefined past {@linkcode DescriptorChain.count}). */
+  len(i: number): number {
+    return this.#lens[i]!;
+  }
+
+  /** True when buffer `i` is device-writable. */
+  isWritable(i: number): boolean {
+    return i >= this.#readable && i < this.#count;
+  }
+
+  /** The device-readable buffers, as new objects (not for the hot path). */
+  readable(): GuestRange[] {
+    const out: GuestRange[] = [];
+    for (let i = 0; i < this.#readable; i++) {
+      out.push({ addr: this.#addrs[i]!, len: this.#lens[i]! });
+    }
+    return out;
+  }
+
+  /** The device-writable buffers, as new objects (not for the hot path). */
+  writable(): GuestRange[] {
+    const out: GuestRange[] = [];
+    for (let i = this.#readable; i < this.#count; i++) {
+      out.push({ addr: this.#addrs[i]!, len: this.#lens[i]! });
+    }
+    return out;
+  }
+
+  /**
+   * The chain's reader over its readable buffers. There is one per chain and
+   * it rewinds whenever the chain is filled again.
+   */
+  get reader(): ChainReader {
+    return this.#reader;
+  }
+
+  /**
+   * The chain's writer over its writable buffers. There is one per chain and
+   * it rewinds whenever the chain is filled again.
+   */
+  get writer(): ChainWriter {
+    return this.#writer;
+  }
+
+  /**
+   * Parses the chain starting at `head` in the descriptor table `table` of
+   * `size` entries, replacing whatever this object held. `indirect` says
+   * whether VIRTIO_RING_F_INDIRECT_DESC was negotiated.
+   *
+   * Throws a {@linkcode VirtqueueError} for every rule the driver broke; on
+   * a throw the chain's contents are unspecified. Structural rules (length,
+   * loops, order, overflow) are checked while walking; buffer addresses after
+   * the walk, so a chain that is both too long in bytes and outside memory
+   * reports the length overflow.
+   */
+  fill(mem: GuestMemory, table: DataView, size: number, head: number, indirect: boolean): void {
+    this.#mem = mem;
+    this.#head = head;
+    this.#count = 0;
+    this.#readable = 0;
+    this.#readableBytes = 0;
+    this.#writableBytes = 0;
+    this.#reader.rewind();
+    this.#writer.rewind();
+    if (!(head >= 0 && head < size)) throw VirtqueueError.headOutOfRange(head, size);
+    // Fast path, the common case: one plain descriptor.
+    const h = head * DESC_SIZE;
+    const flags0 = table.getUint16(h + 12, true);
+    if ((flags0 & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) === 0) {
+      const hi = table.getUint32(h + 4, true);
+      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_POW_32 + table.getUint32(h, true);
+      const len = table.getUint32(h + 8, true);
+      if (!mem.contains(addr, len)) throw VirtqueueError.address(head, addr, len);
+      this.#addrs[0] = addr;
+      this.#lens[0] = len;
+      this.#count = 1;
+      if ((flags0 & VIRTQ_DESC_F_WRITE) !== 0) {
+        this.#writableBytes = len;
+      } else {
+        this.#readable = 1;
+        this.#readableBytes = len;
+      }
+      return;
+    }
+    let i = head;
+    let ttl = size;
+    for (;;) {
+      if (ttl === 0) throw VirtqueueError.chainTooLong(head, size);
+      ttl--;
+      const o = i * DESC_SIZE;
+      const lo = table.getUint32(o, true);
+      const hi = table.getUint32(o + 4, true);
+      const len = table.getUint32(o + 8, true);
+      const flags = table.getUint16(o + 12, true);
+      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_POW_32 + lo;
+      if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
+        if (!indirect) throw VirtqueueError.indirectNotNegotiated(head, i);
+        if ((flags & VIRTQ_DESC_F_NEXT) !== 0) throw VirtqueueError.indirectWithNext(head, i);
+        // The WRITE flag of the descriptor naming the table is ignored, as the
+        // specification requires; the table's own entries say what is writable.
+        this.#fillIndirect(mem, addr, len, size);
+        break;
+      }
+      this.#push(addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
+      if ((flags & VIRTQ_DESC_F_NEXT) === 0) break;
+      const next = table.getUint16(o + 14, true);
+      if (next >= size) throw VirtqueueError.nextOutOfRange(head, next, size, "descriptor table");
+      i = next;
+    }
+    for (let k = 0; k < this.#count; k++) {
+      const a = this.#addrs[k]!, l = this.#lens[k]!;
+      if (!mem.contains(a, l)) throw VirtqueueError.address(head, a, l);
+    }
+  }
+
+  #fillIndirect(mem: GuestMemory, addr: number, len: number, size: number): void {
+    const head = this.#head;
+    if (len === 0 || len % DESC_SIZE !== 0 || len > size * DESC_SIZE) {
+      throw VirtqueueError.indirectLength(head, len, size);
+    }
+    let table: DataView;
+    try {
+      // The table is read through GuestMemory, which checks it right here.
+      const b = mem.bytes(addr, len);
+      table = new DataView(b.buffer, b.byteOffset, len);
+    } catch (e) {
+      if (e instanceof GuestMemoryError) {
+        throw VirtqueueError.address(head, addr, len, { cause: e });
+      }
+      throw e;
+    }
+    const entries = len / DESC_SIZE;
+    let i = 0;
+    let ttl = entries;
+    for (;;) {
+      if (ttl === 0) throw VirtqueueError.chainTooLong(head, entries);
+      ttl--;
+      const o = i * DESC_SIZE;
+      const lo = table.getUint32(o, true);
+      const hi = table.getUint32(o + 4, true);
+      const dlen = table.getUint32(o + 8, true);
+      const flags = table.getUint16(o + 12, true);
+      if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) throw VirtqueueError.nestedIndirect(head, i);
+      this.#push(
+        hi >= HI_LIMIT ? -1 : hi * TWO_POW_32 + lo,
+        dlen,
+        (flags & VIRTQ_DESC_F_WRITE) !== 0,
+      );
+      if ((flags & VIRTQ_DESC_F_NEXT) === 0) return;
+      const next = table.getUint16(o + 14, true);
+      if (next >= entries) {
+        throw VirtqueueError.nextOutOfRange(head, next, entries, "indirect table");
+      }
+      i = next;
+    }
+  }
+
+  #push(addr: number, len: number, writable: boolean): void {
+    if (writable) {
+      this.#writableBytes += len;
+    } else {
+      if (this.#count !== this.#readable) {
+        throw VirtqueueError.readableAfterWritable(this.#head, this.#count);
+      }
+      this.#readable++;
+      this.#readableBytes += len;
+    }
+    const total = this.#readableBytes + this.#writableBytes;
+    if (total >= TWO_POW_32) throw VirtqueueError.lengthOverflow(this.#head, total);
+    if (this.#count === this.#addrs.length) this.#grow();
+    this.#addrs[this.#count] = addr;
+    this.#lens[this.#count] = len;
+    this.#count++;
+  }
+
+  #grow(): void {
+    // Rare: only a chain longer than any seen before on this object pays for it.
+    const addrs = new Float64Array(this.#addrs.length * 2);
+    const lens = new Float64Array(this.#lens.length * 2);
+    addrs.set(this.#addrs);
+    lens.set(this.#lens);
+    this.#addrs = addrs;
+    this.#lens = lens;
+  }
+}
+
+function accessError(chain: DescriptorChain, e: unknown, addr: number, len: number): unknown {
+  return e instanceof GuestMemoryError
+    ? VirtqueueError.address(chain.head, addr, len, { cause: e })
+    : e;
+}
+
+/** One region of guest memory as a DataView, for word-by-word copies. */
+interface RegionView {
+  readonly start: number;
+  readonly end: number;
+  readonly view: DataView;
+}
+
+/**
+ * Copies up to this many bytes go word by word through DataViews; larger
+ * ones through `Uint8Array.set`. Why: `GuestMemory.bytes` allocates a
+ * subarray per call, which makes a 64-byte copy cost about 28 ns against
+ * 7.5 ns for {@linkcode copyWords} (measured), and small messages are the
+ * hot path.
+ */
+const SMALL_COPY = 256;
+
+const regionViewCache = new WeakMap<GuestMemory, readonly RegionView[]>();
+
+function regionViewsOf(mem: GuestMemory): readonly RegionView[] {
+  let views = regionViewCache.get(mem);
+  if (views === undefined) {
+    views = mem.regions.map((r): RegionView => {
+      const b = mem.bytes(r.guestAddr, r.size);
+      return {
+        start: r.guestAddr,
+        end: r.guestAddr + r.size,
+        view: new DataView(b.buffer, b.byteOffset, b.byteLength),
+      };
+    });
+    regionViewCache.set(mem, views);
+  }
+  return views;
+}
+
+/**
+ * Finds the region view for `[addr, addr + n)`, after asking `mem` itself
+ * whether the range is guest memory: the check at the moment of access
+ * stays GuestMemory's.
+ */
+function regionFor(
+  chain: DescriptorChain,
+  regions: readonly RegionView[],
+  addr: number,
+  n: number,
+): RegionView {
+  if (chain.memory.contains(addr, n)) {
+    for (let i = 0; i < regions.length; i++) {
+      const r = regions[i]!;
+      if (addr >= r.start && addr + n <= r.end) return r;
+    }
+  }
+  throw VirtqueueError.address(chain.head, addr, n);
+}
+
+/**
+ * Copies `n` bytes between DataViews, 16 at a time. 64-bit BigInt accesses
+ * are exact (no NaN canonicalization as with floats) and the optimizing
+ * compiler keeps them in registers: 7.5 ns for 64 bytes here, against 17 ns
+ * for a 32-bit loop and 28 ns for a subarray and `set`.
+ */
+function copyWords(from: DataView, fromOff: number, to: DataView, toOff: number, n: number): void {
+  let s = fromOff, d = toOff;
+  const end16 = fromOff + (n & ~15);
+  for (; s < end16; s += 16, d += 16) {
+    // Little-endian on both sides: the bytes move unchanged and, on the
+    // little-endian machines vrdma runs on, without byte swaps.
+    to.setBigUint64(d, from.getBigUint64(s, true), true);
+    to.setBigUint64(d + 8, from.getBigUint64(s + 8, true), true);
+  }
+  const end = fromOff + n;
+  for (; s < end; s++, d++) to.setUint8(d, from.getUint8(s));
+}
+
+/** Caches a DataView of the caller's last array and the region views of the chain's memory. */
+class CopyCache {
+  #bytes: Uint8Array | null = null;
+  #view: DataView | null = null;
+  #mem: GuestMemory | null = null;
+  #regions: readonly RegionView[] = [];
+
+  viewOf(bytes: Uint8Array): DataView {
+    if (bytes !== this.#bytes || this.#view === null) {
+      this.#view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      this.#bytes = bytes;
+    }
+    return this.#view;
+  }
+
+  regions(mem: GuestMemory): readonly RegionView[] {
+    if (mem !== this.#mem) {
+      this.#regions = regionViewsOf(mem);
+      this.#mem = mem;
+    }
+    return this.#regions;
+  }
+}
+
+/**
+ * Reads the device-readable part of a chain as one byte stream.
+ *
+ * @example
+ * ```ts
+ * import { GuestMemory } from "./memory.ts";
+ * import { DescriptorChain } from "./descriptor_chain.ts";
+ * const mem = GuestMemory.fromBuffer(new SharedArrayBuffer(4096), 0);
+ * mem.setAddr64(0, 0x100); mem.setU32(8, 3); // one readable buffer of 3 bytes
+ * mem.write(0x100, new Uint8Array([1, 2, 3]));
+ * const chain = new DescriptorChain();
+ * chain.fill(mem, new DataView(mem.bytes(0, 16).buffer, 0, 16), 1, 0, false);
+ * const out = new Uint8Array(3);
+ * chain.reader.read(out);
+ * if (out.join() !== "1,2,3") throw new Error("wrong bytes");
+ * ```
+ */
+export class ChainReader {
+  readonly #chain: DescriptorChain;
+  readonly #cache = new CopyCache();
+  #seg = 0;
+  #off = 0;
+  #pos = 0;
+
+  /** A reader at the start of `chain`'s readable buffers. */
+  constructor(chain: DescriptorChain) {
+    this.#chain = chain;
+  }
+
+  /** Bytes read (or skipped) so far. */
+  get position(): number {
+    return this.#pos;
+  }
+
+  /** Readable bytes left. */
+  get remaining(): number {
+    return this.#chain.readableBytes - this.#pos;
+  }
+
+  /** Goes back to the first readable byte. */
+  rewind(): void {
+    this.#seg = 0;
+    this.#off = 0;
+    this.#pos = 0;
+  }
+
+  /**
+   * Fills all of `dst` with the next readable bytes. Throws a
+   * {@linkcode VirtqueueError} of kind `overrun` (reading nothing) when fewer
+   * than `dst.length` bytes remain, or of kind `address` if a buffer is not
+   * guest memory at the moment of the copy.
+   */
+  read(dst: Uint8Array): void {
+    const want = dst.length;
+    const chain = this.#chain;
+    const seg = this.#seg;
+    // Fast path: a small read that the current buffer satisfies alone.
+    if (
+      want <= SMALL_COPY && seg < chain.readableCount && chain.len(seg) - this.#off >= want
+    ) {
+      const addr = chain.addr(seg) + this.#off;
+      const r = regionFor(chain, this.#cache.regions(chain.memory), addr, want);
+      copyWords(r.view, addr - r.start, this.#cache.viewOf(dst), 0, want);
+      this.#off += want;
+      this.#pos += want;
+      return;
+    }
+    this.#walk(dst, want);
+  }
+
+  /** Skips `n` readable bytes (same errors as {@linkcode ChainReader.read}). */
+  skip(n: number): void {
+    this.#walk(null, n);
+  }
+
+  #walk(dst: Uint8Array | null, want: number): void {
+    const chain = this.#chain;
+    const remaining = chain.readableBytes - this.#pos;
+    if (!(want >= 0 && want <= remaining)) {
+      throw VirtqueueError.overrun("readable", want, remaining);
+    }
+    let done = 0;
+    while (done < want) {
+      const left = chain.len(this.#seg) - this.#off;
+      if (left === 0) {
+        this.#seg++;
+        this.#off = 0;
+        continue;
+      }
+      const n = left < want - done ? left : want - done;
+      if (dst !== null) {
+        const addr = chain.addr(this.#seg) + this.#off;
+        if (n <= SMALL_COPY) {
+          const r = regionFor(chain, this.#cache.regions(chain.memory), addr, n);
+          copyWords(r.view, addr - r.start, this.#cache.viewOf(dst), done, n);
+        } else {
+          let src: Uint8Array;
+          try {
+            src = chain.memory.bytes(addr, n);
+          } catch (e) {
+            throw accessError(chain, e, addr, n);
+          }
+          dst.set(src, done);
+        }
+      }
+      done += n;
+      this.#off += n;
+    }
+    this.#pos += want;
+  }
+}
+
+/**
+ * Writes the device-writable part of a chain as one byte stream.
+ * {@linkcode ChainWriter.position} is what the device reports as the used
+ * length.
+ *
+ * @example
+ * ```ts
+ * import { GuestMemory } from "./memory.ts";
+ * import { DescriptorChain } from "./descriptor_chain.ts";
+ * const mem = GuestMemory.fromBuffer(new SharedArrayBuffer(4096), 0);
+ * mem.setAddr64(0, 0x100); mem.setU32(8, 4); mem.setU16(12, 2); // one writable buffer
+ * const chain = new DescriptorChain();
+ * chain.fill(mem, new DataView(mem.bytes(0, 16).buffer, 0, 16), 1, 0, false);
+ * chain.writer.write(new Uint8Array([7, 7]));
+ * if (mem.u16(0x100) !== 0x0707 || chain.writer.position !== 2) throw new Error("not written");
+ * ```
+ */
+export class ChainWriter {
+  readonly #chain: DescriptorChain;
+  readonly #cache = new CopyCache();
+  #seg = 0;
+  #off = 0;
+  #pos = 0;
+
+  /** A writer at the start of `chain`'s writable buffers. */
+  constructor(chain: DescriptorChain) {
+    this.#chain = chain;
+  }
+
+  /** Bytes written (or skipped) so far. */
+  get position(): number {
+    return this.#pos;
+  }
+
+  /** Writable bytes left. */
+  get remaining(): number {
+    return this.#chain.writableBytes - this.#pos;
+  }
+
+  /** Goes back to the first writable byte. */
+  rewind(): void {
+    this.#seg = this.#chain.readableCount;
+    this.#off = 0;
+    this.#pos = 0;
+  }
+
+  /**
+   * Writes all of `src` into the next writable bytes. Throws a
+   * {@linkcode VirtqueueError} of kind `overrun` (writing nothing) when fewer
+   * than `src.length` bytes remain, or of kind `address` if a buffer is not
+   * guest memory at the moment of the copy.
+   */
+  write(src: Uint8Array): void {
+    const want = src.length;
+    const chain = this.#chain;
+    if (this.#pos === 0) this.#seg = chain.readableCount;
+    const seg = this.#seg;
+    // Fast path: a small write that the current buffer takes alone.
+    if (want <= SMALL_COPY && seg < chain.count && chain.len(seg) - this.#off >= want) {
+      const addr = chain.addr(seg) + this.#off;
+      const r = regionFor(chain, this.#cache.regions(chain.memory), addr, want);
+      copyWords(this.#cache.viewOf(src), 0, r.view, addr - r.start, want);
+      this.#off += want;
+      this.#pos += want;
+      return;
+    }
+    this.#walk(src, want);
+  }
+
+  /** Skips `n` writable bytes, leaving them as they are (same errors as `write`). */
+  skip(n: number): void {
+    this.#walk(null, n);
+  }
+
+  #walk(src: Uint8Array | null, want: number): void {
+    const chain = this.#chain;
+    const remaining = chain.writableBytes - this.#pos;
+    if (!(want >= 0 && want <= remaining)) {
+      throw VirtqueueError.overrun("writable", want, remaining);
+    }
+    // The chain may have been refilled since rewind(): writable buffers
+    // start after the readable ones of the current contents.
+    if (this.#pos === 0) this.#seg = chain.readableCount;
+    let done = 0;
+    while (done < want) {
+      const left = chain.len(this.#seg) - this.#off;
+      if (left === 0) {
+        this.#seg++;
+        this.#off = 0;
+        continue;
+      }
+      const n = left < want - done ? left : want - done;
+      if (src !== null) {
+        const addr = chain.addr(this.#seg) + this.#off;
+        if (n <= SMALL_COPY) {
+          const r = regionFor(chain, this.#cache.regions(chain.memory), addr, n);
+          copyWords(this.#cache.viewOf(src), done, r.view, addr - r.start, n);
+        } else {
+          let dst: Uint8Array;
+          try {
+            dst = chain.memory.bytes(addr, n);
+          } catch (e) {
+            throw accessError(chain, e, addr, n);
+          }
+          dst.set(n === src.length ? src : src.subarray(done, done + n));
+        }
+      }
+      done += n;
+      this.#off += n;
+    }
+    this.#pos += want;
+  }
+}

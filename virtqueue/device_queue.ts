@@ -1,0 +1,349 @@
+/**
+ * The device side of a split virtqueue: pops chains the driver made
+ * available and returns them through the used ring.
+ *
+ * The driver is untrusted. No method throws because of what the driver
+ * wrote: a broken rule marks the queue broken, keeps the specific
+ * {@linkcode VirtqueueError} in {@linkcode DeviceQueue.error}, and from then
+ * on the queue reads and writes nothing (the device reports NEEDS_RESET).
+ *
+ * The queue state is plain data ({@linkcode DeviceQueueState}), separate
+ * from memory: every method takes the guest memory it works on, and saving
+ * or restoring a queue is copying that state.
+ *
+ * @module
+ */
+
+import { type GuestMemory, GuestMemoryError } from "./memory.ts";
+import { VirtqueueError } from "./errors.ts";
+import { DescriptorChain } from "./descriptor_chain.ts";
+import {
+  mapRings,
+  type QueueLayout,
+  type QueueOptions,
+  type RingViews,
+  validateQueueSize,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_USED_F_NO_NOTIFY,
+} from "./layout.ts";
+
+/** Everything a device queue remembers between calls. */
+export interface DeviceQueueState {
+  /** Free-running index of the next available-ring entry to pop. */
+  lastAvail: number;
+  /** Free-running index of the next used-ring entry to write. */
+  usedIdx: number;
+  /** Used idx at the last notification decision; -1 when unknown (notify next time). */
+  signalledUsed: number;
+  /** The rule the driver broke, or null while the queue works. */
+  broken: VirtqueueError | null;
+}
+
+/**
+ * One queue, device side.
+ *
+ * Hot loop without allocation: keep one {@linkcode DescriptorChain} and call
+ * {@linkcode DeviceQueue.popInto}, then `addUsed` per chain and one
+ * `publishUsed` per batch.
+ *
+ * @example
+ * ```ts
+ * import { GuestMemory } from "./memory.ts";
+ * import { layoutAt } from "./layout.ts";
+ * import { DriverQueue } from "./driver_queue.ts";
+ * import { DeviceQueue } from "./device_queue.ts";
+ * const mem = GuestMemory.fromBuffer(new SharedArrayBuffer(1 << 16), 0x10000);
+ * const { layout } = layoutAt(0x10000, 8);
+ * const driver = new DriverQueue(layout);
+ * driver.init(mem);
+ * mem.write(0x18000, new TextEncoder().encode("ping"));
+ * driver.addOne(mem, 0x18000, 4, false);
+ * driver.publish(mem);
+ * const device = new DeviceQueue(layout);
+ * const chain = device.pop(mem)!;
+ * const got = new Uint8Array(4);
+ * chain.reader.read(got);
+ * device.pushUsed(mem, chain.head, 0);
+ * if (new TextDecoder().decode(got) !== "ping" || driver.popUsed(mem)?.id !== chain.head) {
+ *   throw new Error("round trip failed");
+ * }
+ * ```
+ */
+export class DeviceQueue {
+  readonly #layout: QueueLayout;
+  readonly #size: number;
+  readonly #mask: number;
+  readonly #eventIdx: boolean;
+  readonly #indirect: boolean;
+  // Guest addresses of the fields touched with atomics.
+  readonly #availIdxAddr: number;
+  readonly #availFlagsAddr: number;
+  readonly #usedEventAddr: number;
+  readonly #usedIdxAddr: number;
+  readonly #usedFlagsAddr: number;
+  readonly #availEventAddr: number;
+
+  // State (see DeviceQueueState).
+  #lastAvail = 0;
+  #usedIdx = 0;
+  #signalledUsed = 0;
+  #broken: VirtqueueError | null = null;
+
+  // Caches derived from state and memory, never saved.
+  /** Last available idx read and checked; entries up to it need no new load. */
+  #availSeen = 0;
+  /** Used idx as last stored to memory. */
+  #usedPublished = 0;
+  #mem: GuestMemory | null = null;
+  #rings: RingViews | null = null;
+
+  /** A queue at `layout` with the negotiated `options`; call nothing on memory until the driver is ready. */
+  constructor(layout: QueueLayout, options: QueueOptions = {}) {
+    validateQueueSize(layout.size);
+    this.#layout = { size: layout.size, desc: layout.desc, avail: layout.avail, used: layout.used };
+    this.#size = layout.size;
+    this.#mask = layout.size - 1;
+    this.#eventIdx = options.eventIdx ?? false;
+    this.#indirect = options.indirect ?? false;
+    this.#availFlagsAddr = layout.avail;
+    this.#availIdxAddr = layout.avail + 2;
+    this.#usedEventAddr = layout.avail + 4 + 2 * layout.size;
+    this.#usedFlagsAddr = layout.used;
+    this.#usedIdxAddr = layout.used + 2;
+    this.#availEventAddr = layout.used + 4 + 8 * layout.size;
+  }
+
+  /** The queue's placement. */
+  get layout(): QueueLayout {
+    return this.#layout;
+  }
+
+  /** Number of entries. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** The rule the driver broke, or null while the queue works. */
+  get error(): VirtqueueError | null {
+    return this.#broken;
+  }
+
+  /** True once the driver broke a rule; only a reset or restore clears it. */
+  get broken(): boolean {
+    return this.#broken !== null;
+  }
+
+  /** A copy of the queue state. */
+  saveState(): DeviceQueueState {
+    return {
+      lastAvail: this.#lastAvail,
+      usedIdx: this.#usedIdx,
+      signalledUsed: this.#signalledUsed,
+      broken: this.#broken,
+    };
+  }
+
+  /**
+   * Replaces the queue state (for example from vhost-user SET_VRING_BASE).
+   * Throws a `RangeError` naming a field that is not a 16-bit index.
+   */
+  restoreState(state: DeviceQueueState): void {
+    for (const field of ["lastAvail", "usedIdx"] as const) {
+      const v = state[field];
+      if (!Number.isInteger(v) || v < 0 || v > 0xffff) {
+        throw new RangeError(`${field} ${v} is not a 16-bit ring index`);
+      }
+    }
+    const s = state.signalledUsed;
+    if (!Number.isInteger(s) || s < -1 || s > 0xffff) {
+      throw new RangeError(`signalledUsed ${s} is not a 16-bit ring index or -1`);
+    }
+    this.#lastAvail = state.lastAvail;
+    this.#availSeen = state.lastAvail;
+    this.#usedIdx = state.usedIdx;
+    this.#usedPublished = state.usedIdx;
+    this.#signalledUsed = s;
+    this.#broken = state.broken;
+  }
+
+  /** Back to the state of a fresh queue (device reset). */
+  reset(): void {
+    this.restoreState({ lastAvail: 0, usedIdx: 0, signalledUsed: 0, broken: null });
+  }
+
+  /**
+   * Number of available chains not yet popped. Reads the available idx;
+   * an idx more than a queue size ahead breaks the queue (and returns 0).
+   */
+  pending(mem: GuestMemory): number {
+    if (this.#broken !== null) return 0;
+    const idx = this.#loadAvailIdx(mem);
+    return idx < 0 ? 0 : (idx - this.#lastAvail) & 0xffff;
+  }
+
+  /** Pops the next chain into a new {@linkcode DescriptorChain}, or returns null (none, or broken). */
+  pop(mem: GuestMemory): DescriptorChain | null {
+    const chain = new DescriptorChain();
+    return this.popInto(mem, chain) ? chain : null;
+  }
+
+  /**
+   * Pops the next chain into `chain` (reused: nothing is allocated for a
+   * chain no longer than any before it). Returns false when no chain is
+   * available or the queue is broken; never throws.
+   */
+  popInto(mem: GuestMemory, chain: DescriptorChain): boolean {
+    if (this.#broken !== null) return false;
+    const rings = this.#bind(mem);
+    if (rings === null) return false;
+    try {
+      if (this.#lastAvail === this.#availSeen) {
+        const idx = this.#loadAvailIdx(mem);
+        if (idx < 0 || idx === this.#lastAvail) return false;
+      }
+      const head = rings.avail.getUint16(4 + 2 * (this.#lastAvail & this.#mask), true);
+      chain.fill(mem, rings.desc, this.#size, head, this.#indirect);
+      this.#lastAvail = (this.#lastAvail + 1) & 0xffff;
+      return true;
+    } catch (e) {
+      this.#break(e);
+      return false;
+    }
+  }
+
+  /**
+   * Writes a used entry (chain `head`, `len` bytes written) without making
+   * it visible; {@linkcode DeviceQueue.publishUsed} does that for a batch.
+   * Does nothing on a broken queue. Throws a `RangeError` for a head past
+   * the table or a length that is not a u32: those are device bugs.
+   */
+  addUsed(mem: GuestMemory, head: number, len: number): void {
+    if (this.#broken !== null) return;
+    if (!(head >= 0 && head < this.#size && (head | 0) === head)) {
+      throw new RangeError(
+        `used head ${head} is not a descriptor index of a ${this.#size}-entry queue`,
+      );
+    }
+    if (!(len >= 0 && len <= 0xffffffff && Number.isInteger(len))) {
+      throw new RangeError(`used length ${len} is not a u32`);
+    }
+    const rings = this.#bind(mem);
+    if (rings === null) return;
+    const o = 4 + 8 * (this.#usedIdx & this.#mask);
+    rings.used.setUint32(o, head, true);
+    rings.used.setUint32(o + 4, len, true);
+    this.#usedIdx = (this.#usedIdx + 1) & 0xffff;
+  }
+
+  /** Makes every entry added since the last publish visible with one atomic store of used idx. */
+  publishUsed(mem: GuestMemory): void {
+    if (this.#broken !== null || this.#usedPublished === this.#usedIdx) return;
+    if (this.#bind(mem) === null) return;
+    mem.storeU16(this.#usedIdxAddr, this.#usedIdx);
+    this.#usedPublished = this.#usedIdx;
+  }
+
+  /** {@linkcode DeviceQueue.addUsed} then {@linkcode DeviceQueue.publishUsed}. */
+  pushUsed(mem: GuestMemory, head: number, len: number): void {
+    this.addUsed(mem, head, len);
+    this.publishUsed(mem);
+  }
+
+  /**
+   * Whether the driver wants a used-buffer notification for what was
+   * published since the last call. With EVENT_IDX: `vring_need_event(
+   * used_event, new, old)` where `old` is the used idx at the previous
+   * call. Without: nothing new means no, otherwise the NO_INTERRUPT flag
+   * decides. False on a broken queue.
+   */
+  needsNotify(mem: GuestMemory): boolean {
+    if (this.#broken !== null || this.#bind(mem) === null) return false;
+    const now = this.#usedPublished;
+    const old = this.#signalledUsed;
+    this.#signalledUsed = now;
+    try {
+      if (this.#eventIdx) {
+        const event = mem.loadU16(this.#usedEventAddr);
+        return old < 0 || ((now - event - 1) & 0xffff) < ((now - old) & 0xffff);
+      }
+      if (old === now) return false;
+      return (mem.loadU16(this.#availFlagsAddr) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+    } catch (e) {
+      this.#break(e);
+      return false;
+    }
+  }
+
+  /**
+   * Asks the driver not to notify: sets NO_NOTIFY, or with EVENT_IDX moves
+   * avail_event half the index space away. Advisory only: the driver may
+   * still notify.
+   */
+  disableNotifications(mem: GuestMemory): void {
+    if (this.#broken !== null || this.#bind(mem) === null) return;
+    if (this.#eventIdx) {
+      // Half the 16-bit space ahead: the driver cannot get there before we
+      // move it back, since it never has more than a queue size outstanding.
+      mem.storeU16(this.#availEventAddr, (this.#lastAvail + 0x8000) & 0xffff);
+    } else {
+      mem.storeU16(this.#usedFlagsAddr, VIRTQ_USED_F_NO_NOTIFY);
+    }
+  }
+
+  /**
+   * Asks the driver to notify on its next publish, then re-reads the
+   * available idx: returns true when chains are already waiting, so the
+   * caller keeps polling instead of sleeping (a publish between its last
+   * poll and this call would otherwise go unnoticed).
+   */
+  enableNotifications(mem: GuestMemory): boolean {
+    if (this.#broken !== null || this.#bind(mem) === null) return false;
+    if (this.#eventIdx) {
+      mem.storeU16(this.#availEventAddr, this.#lastAvail);
+    } else {
+      mem.storeU16(this.#usedFlagsAddr, 0);
+    }
+    // The atomic store above orders before this atomic load.
+    return this.pending(mem) > 0;
+  }
+
+  /** Loads and checks the available idx; returns it, or -1 after breaking the queue. */
+  #loadAvailIdx(mem: GuestMemory): number {
+    if (this.#bind(mem) === null) return -1;
+    try {
+      const idx = mem.loadU16(this.#availIdxAddr);
+      if (((idx - this.#lastAvail) & 0xffff) > this.#size) {
+        this.#broken = VirtqueueError.availIdxJump(idx, this.#lastAvail, this.#size);
+        return -1;
+      }
+      this.#availSeen = idx;
+      return idx;
+    } catch (e) {
+      this.#break(e);
+      return -1;
+    }
+  }
+
+  /** Views of the rings in `mem`; null (queue broken) when the layout does not fit it. */
+  #bind(mem: GuestMemory): RingViews | null {
+    if (mem === this.#mem) return this.#rings;
+    try {
+      this.#rings = mapRings(mem, this.#layout);
+      this.#mem = mem;
+      return this.#rings;
+    } catch (e) {
+      this.#break(e);
+      return null;
+    }
+  }
+
+  #break(e: unknown): void {
+    if (e instanceof VirtqueueError) {
+      this.#broken = e;
+    } else if (e instanceof GuestMemoryError) {
+      this.#broken = VirtqueueError.address(-1, e.addr, e.length, { cause: e });
+    } else {
+      this.#broken = VirtqueueError.internal(e);
+    }
+  }
+}

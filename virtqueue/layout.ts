@@ -1,0 +1,249 @@
+/**
+ * Where a split virtqueue (VIRTIO 1.2 section 2.7) lives in guest memory.
+ *
+ * A queue of `size` entries has three areas: the descriptor table (16 bytes a
+ * descriptor, 16-byte aligned), the available ring (flags, idx, `size` u16
+ * heads, used_event; 2-byte aligned) and the used ring (flags, idx, `size`
+ * `{id u32, len u32}` entries, avail_event; 4-byte aligned). This file holds
+ * the constants, the arithmetic, the checks, and {@linkcode mapRings}, which
+ * turns a checked layout into views both queue sides index directly.
+ *
+ * @module
+ */
+
+import type { GuestMemory } from "./memory.ts";
+import { VirtqueueError } from "./errors.ts";
+
+/** Descriptor flag: the chain continues at `next`. */
+export const VIRTQ_DESC_F_NEXT = 1;
+/** Descriptor flag: the buffer is device-writable (otherwise device-readable). */
+export const VIRTQ_DESC_F_WRITE = 2;
+/** Descriptor flag: the buffer is a table of descriptors. */
+export const VIRTQ_DESC_F_INDIRECT = 4;
+/** Available-ring flag: the driver asks for no used-buffer notifications. */
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+/** Used-ring flag: the device asks for no available-buffer notifications. */
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
+/** Feature bit: the driver may use INDIRECT descriptors. */
+export const VIRTIO_RING_F_INDIRECT_DESC = 28;
+/** Feature bit: used_event / avail_event replace the flag-based suppression. */
+export const VIRTIO_RING_F_EVENT_IDX = 29;
+/** Feature bit: the modern (non-legacy) interface, little-endian rings. */
+export const VIRTIO_F_VERSION_1 = 32;
+
+/** Bytes of one descriptor (addr u64, len u32, flags u16, next u16). */
+export const DESC_SIZE = 16;
+/** The largest queue size the specification allows. */
+export const MAX_QUEUE_SIZE = 32768;
+
+/** Byte offsets of the fields inside the areas, for code and tests that read them raw. */
+export const RING_OFFSETS: {
+  readonly descAddr: 0;
+  readonly descLen: 8;
+  readonly descFlags: 12;
+  readonly descNext: 14;
+  readonly flags: 0;
+  readonly idx: 2;
+  readonly ring: 4;
+} = { descAddr: 0, descLen: 8, descFlags: 12, descNext: 14, flags: 0, idx: 2, ring: 4 };
+
+/** Guest addresses of the three areas of one queue, and its size. */
+export interface QueueLayout {
+  /** Number of entries: a power of two, 1..32768. */
+  readonly size: number;
+  /** Guest address of the descriptor table. */
+  readonly desc: number;
+  /** Guest address of the available ring (the driver area). */
+  readonly avail: number;
+  /** Guest address of the used ring (the device area). */
+  readonly used: number;
+}
+
+/** Negotiated ring features of one queue. */
+export interface QueueOptions {
+  /** VIRTIO_RING_F_EVENT_IDX: used_event / avail_event instead of the flags. */
+  eventIdx?: boolean;
+  /** VIRTIO_RING_F_INDIRECT_DESC: INDIRECT descriptors are allowed. */
+  indirect?: boolean;
+}
+
+/** Byte sizes of the three areas of a queue. */
+export interface QueueAreaSizes {
+  /** Descriptor table: `16 * size`. */
+  readonly desc: number;
+  /** Available ring with used_event: `6 + 2 * size`. */
+  readonly avail: number;
+  /** Used ring with avail_event: `6 + 8 * size`. */
+  readonly used: number;
+}
+
+/** A contiguous buffer in guest memory: what one descriptor points at. */
+export interface GuestRange {
+  /** Guest address of the first byte. */
+  readonly addr: number;
+  /** Length in bytes. */
+  readonly len: number;
+}
+
+/**
+ * Throws a `RangeError` naming `size` unless it is a power of two in 1..32768.
+ *
+ * @example
+ * ```ts
+ * import { validateQueueSize } from "./layout.ts";
+ * validateQueueSize(256);
+ * let threw = false;
+ * try { validateQueueSize(100); } catch { threw = true; }
+ * if (!threw) throw new Error("100 is not a power of two");
+ * ```
+ */
+export function validateQueueSize(size: number): void {
+  if (!Number.isInteger(size) || size < 1 || size > MAX_QUEUE_SIZE || (size & (size - 1)) !== 0) {
+    throw new RangeError(`queue size ${size} is not a power of two in 1..${MAX_QUEUE_SIZE}`);
+  }
+}
+
+/**
+ * The byte sizes of the three areas of a queue of `size` entries.
+ *
+ * @example
+ * ```ts
+ * import { queueAreaSizes } from "./layout.ts";
+ * const s = queueAreaSizes(256);
+ * if (s.desc !== 4096 || s.avail !== 518 || s.used !== 2054) throw new Error("wrong sizes");
+ * ```
+ */
+export function queueAreaSizes(size: number): QueueAreaSizes {
+  validateQueueSize(size);
+  return { desc: DESC_SIZE * size, avail: 6 + 2 * size, used: 6 + 8 * size };
+}
+
+function alignUp(value: number, align: number): number {
+  return Math.ceil(value / align) * align;
+}
+
+/**
+ * Places a queue of `size` entries at `base` (rounded up to 16): descriptor
+ * table, then the available ring, then the used ring at the next multiple
+ * of 4. `bytes` counts from `base` to the end of the used ring.
+ *
+ * @example
+ * ```ts
+ * import { layoutAt } from "./layout.ts";
+ * const { layout, bytes } = layoutAt(0x10000, 4);
+ * if (layout.avail !== 0x10040 || layout.used !== 0x10050 || bytes !== 0x76) {
+ *   throw new Error("wrong placement");
+ * }
+ * ```
+ */
+export function layoutAt(base: number, size: number): { layout: QueueLayout; bytes: number } {
+  if (!Number.isSafeInteger(base) || base < 0) {
+    throw new RangeError(`queue base ${base} is not a guest address`);
+  }
+  const sizes = queueAreaSizes(size);
+  const desc = alignUp(base, 16);
+  const avail = desc + sizes.desc; // a multiple of 16, so already 2-aligned
+  const used = alignUp(avail + sizes.avail, 4);
+  return { layout: { size, desc, avail, used }, bytes: used + sizes.used - base };
+}
+
+/**
+ * Checks a layout against guest memory: a valid size, each area aligned as
+ * the specification requires, inside one region of `mem`, and no two areas
+ * overlapping. Throws a {@linkcode VirtqueueError} of kind `misaligned`,
+ * `area-outside-memory` or `areas-overlap` naming the area, or a
+ * `RangeError` for a bad size.
+ *
+ * @example
+ * ```ts
+ * import { GuestMemory } from "./memory.ts";
+ * import { layoutAt, validateLayout } from "./layout.ts";
+ * const mem = GuestMemory.fromBuffer(new SharedArrayBuffer(8192), 0x10000);
+ * validateLayout(mem, layoutAt(0x10000, 64).layout);
+ * ```
+ */
+export function validateLayout(mem: GuestMemory, layout: QueueLayout): void {
+  const sizes = queueAreaSizes(layout.size);
+  const areas: [string, number, number, number][] = [
+    ["descriptor table", layout.desc, sizes.desc, 16],
+    ["available ring", layout.avail, sizes.avail, 2],
+    ["used ring", layout.used, sizes.used, 4],
+  ];
+  for (const [name, addr, bytes, align] of areas) {
+    if (!Number.isSafeInteger(addr) || addr < 0 || !mem.contains(addr, bytes)) {
+      throw VirtqueueError.areaOutsideMemory(name, addr, bytes);
+    }
+    if (addr % align !== 0) throw VirtqueueError.misaligned(name, addr, align);
+  }
+  for (let i = 0; i < areas.length; i++) {
+    for (let j = i + 1; j < areas.length; j++) {
+      const [a, aAddr, aBytes] = areas[i]!;
+      const [b, bAddr, bBytes] = areas[j]!;
+      if (aAddr < bAddr + bBytes && bAddr < aAddr + aBytes) {
+        throw VirtqueueError.areasOverlap(a, aAddr, b, bAddr);
+      }
+    }
+  }
+  // The ring indices are read and written with Atomics, which need 2-byte
+  // alignment inside the backing buffer too, not only in guest addresses
+  // (a region placed at an odd guest address would break that).
+  for (
+    const [name, addr] of [["available ring", layout.avail], ["used ring", layout.used]] as const
+  ) {
+    if (mem.bytes(addr, 2).byteOffset % 2 !== 0) {
+      throw VirtqueueError.misaligned(`${name} (inside its memory region)`, addr, 2);
+    }
+  }
+}
+
+/**
+ * Views of the three areas of a checked layout. Both queue sides index these
+ * for ring entries and descriptors, and use `GuestMemory`'s atomic accessors
+ * for the indices and event fields.
+ */
+export interface RingViews {
+  /** The descriptor table, offset 0 = descriptor 0. */
+  readonly desc: DataView;
+  /** The available ring, offset 0 = its flags field. */
+  readonly avail: DataView;
+  /** The used ring, offset 0 = its flags field. */
+  readonly used: DataView;
+}
+
+function viewOf(mem: GuestMemory, addr: number, bytes: number): DataView {
+  const b = mem.bytes(addr, bytes);
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+}
+
+/**
+ * Validates `layout` against `mem` (see {@linkcode validateLayout}) and
+ * returns views of its three areas.
+ *
+ * Why views and not a `GuestMemory` call per field: the rings are placed once
+ * by the control plane and checked here once; every index into them is
+ * masked to the ring size, so no guest-written value can reach outside them.
+ * A checked accessor per field costs about four times the throughput of the
+ * data path (measured: 3.8 M vs 15+ M chains/s). Buffer addresses taken from
+ * descriptors are guest values and still go through `GuestMemory` on every
+ * access.
+ *
+ * @example
+ * ```ts
+ * import { GuestMemory } from "./memory.ts";
+ * import { layoutAt, mapRings } from "./layout.ts";
+ * const mem = GuestMemory.fromBuffer(new SharedArrayBuffer(8192), 0x10000);
+ * const { layout } = layoutAt(0x10000, 64);
+ * const rings = mapRings(mem, layout);
+ * mem.setU16(layout.avail + 2, 7);
+ * if (rings.avail.getUint16(2, true) !== 7) throw new Error("views do not alias guest memory");
+ * ```
+ */
+export function mapRings(mem: GuestMemory, layout: QueueLayout): RingViews {
+  validateLayout(mem, layout);
+  const sizes = queueAreaSizes(layout.size);
+  return {
+    desc: viewOf(mem, layout.desc, sizes.desc),
+    avail: viewOf(mem, layout.avail, sizes.avail),
+    used: viewOf(mem, layout.used, sizes.used),
+  };
+}
