@@ -241,7 +241,7 @@ export class Device {
   getAsyncEvent(): Promise<AsyncEvent> {
     const ready = this.#asyncEvents.shift();
     if (ready) return Promise.resolve(ready);
-    if (this.#closed) return Promise.reject(new VerbsError("ENODEV", "device is closed"));
+    if (this.#error) return Promise.reject(this.#error);
     const waiter = Promise.withResolvers<AsyncEvent>();
     this.#asyncWaiters.push(waiter);
     return waiter.promise;
@@ -271,12 +271,12 @@ export class Device {
       element: event.element,
       info: event.info,
     };
-    if (event.type === EventType.DEVICE_FATAL) {
-      this.fail(new VerbsError("ENODEV", `backend at ${this.socket} reported DEVICE_FATAL`));
-    }
     const waiter = this.#asyncWaiters.shift();
     if (waiter) waiter.resolve(async);
     else this.#asyncEvents.push(async);
+    if (event.type === EventType.DEVICE_FATAL) {
+      this.fail(new VerbsError("ENODEV", `backend at ${this.socket} reported DEVICE_FATAL`));
+    }
   }
 
   /** @internal makes the device unusable: every pending and later verb fails with `error`. */
@@ -284,6 +284,7 @@ export class Device {
     if (this.#error) return;
     this.#error = error;
     this.control.fail(error);
+    for (const waiter of this.#asyncWaiters.splice(0)) waiter.reject(error);
     for (const listener of this.#failListeners) listener(error);
   }
 
@@ -301,9 +302,6 @@ export class Device {
     if (this.#closed) return Promise.resolve();
     this.#closed = true;
     this.fail(new VerbsError("ENODEV", `device on ${this.socket} is closed`));
-    for (const waiter of this.#asyncWaiters.splice(0)) {
-      waiter.reject(new VerbsError("ENODEV", "device is closed"));
-    }
     this.#channel.close();
     this.#reactor.unwatch(this.#call.fd);
     releaseReactor();
