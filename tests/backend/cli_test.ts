@@ -22,6 +22,15 @@ function cli(args: string[]): Deno.Command {
   });
 }
 
+/** Distinct memfd files the process has mapped (guest memories). */
+function guestMappings(pid: number): number {
+  const maps = Deno.readTextFileSync(`/proc/${pid}/maps`);
+  const files = new Set(
+    maps.split("\n").filter((l) => l.includes("/memfd:")).map((l) => l.split(/\s+/)[4]),
+  );
+  return files.size;
+}
+
 /** Starts the CLI backend and waits for its socket. */
 async function startCli(socket: string, ip = "127.0.0.3"): Promise<Deno.ChildProcess> {
   const child = cli(["--socket", socket, "--ip", ip, "--log-level", "info"]).spawn();
@@ -84,6 +93,9 @@ Deno.test("guests killed with SIGKILL at any stage are freed; others notice noth
     );
     const busy = await readStats(socket);
     assert.equal(busy.queues, 2 * 3, "the survivor and two open guests have their queues");
+    // Guest memory the backend maps: the survivor, two open guests, and the
+    // two partial guests that got as far as SET_MEM_TABLE.
+    assert.ok(await eventually(() => guestMappings(backend.pid) === 5), "5 guest memories mapped");
     for (const g of guests) g.child.kill("SIGKILL");
     await Promise.all(guests.map((g) => g.child.status));
 
@@ -92,6 +104,10 @@ Deno.test("guests killed with SIGKILL at any stage are freed; others notice noth
       return s.guests === 1 && s.queues === 2;
     }, 2000);
     assert.ok(freed, `resources freed within 2 s: ${JSON.stringify(await readStats(socket))}`);
+    assert.ok(
+      await eventually(() => guestMappings(backend.pid) === 1),
+      `killed guests' memory unmapped (still ${guestMappings(backend.pid)})`,
+    );
     for (let i = 0; i < 20; i++) {
       const r = await survivor.command(Op.QUERY_GID, { port: 1, index: 0 });
       assert.equal(r.gid, "::ffff:127.0.0.3");
