@@ -105,6 +105,8 @@ export class Device {
   readonly attr: DeviceAttr;
   /** The backend's socket path. */
   readonly socket: string;
+  /** VIRTIO_RING_F_EVENT_IDX was negotiated: every queue of this device uses it. */
+  readonly eventIdx: boolean;
   /** @internal the guest memory, for the verbs objects. */
   readonly memory: GuestMemory;
   /** @internal allocator over guest memory. */
@@ -129,6 +131,7 @@ export class Device {
   /** Use {@linkcode openDevice}. */
   constructor(parts: {
     socket: string;
+    eventIdx: boolean;
     config: DeviceConfig;
     shm: SharedMemory;
     memory: GuestMemory;
@@ -142,6 +145,7 @@ export class Device {
     reactor: Reactor;
   }) {
     this.socket = parts.socket;
+    this.eventIdx = parts.eventIdx;
     this.#config = parts.config;
     this.attr = parts.config.device;
     this.#shm = parts.shm;
@@ -410,6 +414,7 @@ export async function openDevice(options: OpenDeviceOptions): Promise<Device> {
     const eventSlots = allocator.alloc(EventQueue.slotBytes(EVENT_QUEUE_SIZE), 64);
     device = new Device({
       socket: options.socket,
+      eventIdx,
       config,
       shm,
       memory,
