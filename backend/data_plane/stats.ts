@@ -26,6 +26,19 @@ export const COUNTER_NAMES = [
   "brokenQueues",
   "events",
   "eventsDropped",
+  "sendWqes",
+  "recvWqes",
+  "completions",
+  "cqOverruns",
+  "localOps",
+  "localBytes",
+  "rnrNaks",
+  "rnrRetryExceeded",
+  "flushedWrs",
+  "accessErrors",
+  "udDropped",
+  "udpPacketsSent",
+  "udpPacketsReceived",
 ] as const;
 
 /** A counter name. */

@@ -1,0 +1,302 @@
+/**
+ * The verbs data path of one host: serves SQs and RQs when their doorbells
+ * ring, completes WRs, holds a WR while the responder has no receive posted
+ * (RNR) or does not answer, and flushes queues of QPs in the error state.
+ *
+ * Everything runs on the data-plane Worker, one WR at a time per QP, so WRs
+ * of a QP execute and complete in order, and FENCE holds trivially.
+ *
+ * @module
+ */
+
+import { DescriptorChain } from "../../virtqueue/descriptor_chain.ts";
+import type { DeviceQueue } from "../../virtqueue/device_queue.ts";
+import { SendFlags, WcOpcode, WcStatus, WrOpcode } from "../../protocol/verbs.ts";
+import type { Counters } from "../data_plane/stats.ts";
+import { complete } from "./completion.ts";
+import { execute } from "./requester.ts";
+import { rnrDelayMs, transportTimeoutMs } from "./timers.ts";
+import { ParsedWqe, readWqe } from "./wqe_reader.ts";
+import type { EngineGuest, EngineHost, EngineQp, EngineSrq } from "./types.ts";
+
+/** The WC opcode a send WR completes with. */
+function wcOpcodeOf(wrOpcode: number): number {
+  switch (wrOpcode) {
+    case WrOpcode.RDMA_WRITE:
+    case WrOpcode.RDMA_WRITE_WITH_IMM:
+      return WcOpcode.RDMA_WRITE;
+    case WrOpcode.RDMA_READ:
+      return WcOpcode.RDMA_READ;
+    case WrOpcode.ATOMIC_CMP_AND_SWP:
+      return WcOpcode.COMP_SWAP;
+    case WrOpcode.ATOMIC_FETCH_AND_ADD:
+      return WcOpcode.FETCH_ADD;
+    default:
+      return WcOpcode.SEND;
+  }
+}
+
+/** A WR waiting at the head of its SQ. */
+interface Held {
+  guest: EngineGuest;
+  qp: EngineQp;
+  head: number;
+  wqe: ParsedWqe;
+  /** When to try again (performance.now() ms). */
+  deadline: number;
+  why: "rnr" | "noResponse";
+  /** RNR retries left (7 = infinite, never decremented). */
+  rnrLeft: number;
+  /** Transport retries left. */
+  retryLeft: number;
+}
+
+/** Runs the verbs data path of one host. */
+export class VerbsEngine {
+  readonly #host: EngineHost;
+  readonly #counters: Counters;
+  readonly #chain = new DescriptorChain(2);
+  readonly #wqes = new WeakMap<EngineQp, ParsedWqe>();
+  readonly #held = new Map<EngineQp, Held>();
+
+  /** An engine over `host`'s tables, counting into `counters`. */
+  constructor(host: EngineHost, counters: Counters) {
+    this.#host = host;
+    this.#counters = counters;
+  }
+
+  #wqeOf(qp: EngineQp): ParsedWqe {
+    let w = this.#wqes.get(qp);
+    if (w === undefined) {
+      w = new ParsedWqe();
+      this.#wqes.set(qp, w);
+    }
+    return w;
+  }
+
+  /** Serves `qp`'s send queue: executes WRs in order while the QP is in RTS. */
+  serviceSq(guest: EngineGuest, qp: EngineQp): void {
+    const mem = guest.memory;
+    for (;;) {
+      if (qp.state === "ERR") {
+        this.#flushSq(guest, qp);
+      } else if (qp.state === "RTS" && !this.#held.has(qp)) {
+        this.#runSq(guest, qp);
+      }
+      // Re-arm so the driver's next publish rings; go again if WRs slipped in.
+      if (qp.sq.broken || this.#held.has(qp) || !qp.sq.enableNotifications(mem)) return;
+      if (qp.state !== "RTS" && qp.state !== "ERR") return;
+    }
+  }
+
+  #runSq(guest: EngineGuest, qp: EngineQp): void {
+    const mem = guest.memory;
+    const chain = this.#chain;
+    while (qp.state === "RTS" && !this.#held.has(qp) && qp.sq.popInto(mem, chain)) {
+      const head = chain.head;
+      const wqe = this.#wqeOf(qp);
+      this.#counters.add("sendWqes");
+      const bad = readWqe(chain, wqe, {
+        maxSge: qp.cap.maxSendSge,
+        maxInline: qp.cap.maxInlineData,
+        recv: false,
+      });
+      if (bad !== null) {
+        this.#retire(guest, qp, head, wqe, WcStatus.LOC_QP_OP_ERR, 0);
+        continue;
+      }
+      this.#attempt(guest, qp, head, wqe, {
+        rnrLeft: qp.attr.rnrRetry ?? 7,
+        retryLeft: qp.attr.retryCnt ?? 7,
+      });
+    }
+  }
+
+  /** Executes a WR; completes it, or holds it for a retry. */
+  #attempt(
+    guest: EngineGuest,
+    qp: EngineQp,
+    head: number,
+    wqe: ParsedWqe,
+    budget: { rnrLeft: number; retryLeft: number },
+  ): void {
+    const outcome = execute(this.#host, guest, qp, wqe, this.#counters);
+    if (outcome.kind === "done") {
+      this.#retire(guest, qp, head, wqe, outcome.status, outcome.byteLen);
+      return;
+    }
+    const now = performance.now();
+    if (outcome.kind === "rnr") {
+      if (budget.rnrLeft === 0) {
+        this.#counters.add("rnrRetryExceeded");
+        this.#retire(guest, qp, head, wqe, WcStatus.RNR_RETRY_EXC_ERR, 0);
+        return;
+      }
+      this.#held.set(qp, {
+        guest,
+        qp,
+        head,
+        wqe,
+        deadline: now + rnrDelayMs(outcome.minRnrTimer),
+        why: "rnr",
+        rnrLeft: budget.rnrLeft === 7 ? 7 : budget.rnrLeft - 1,
+        retryLeft: budget.retryLeft,
+      });
+      return;
+    }
+    // No response: the requester's transport timer runs out and it resends,
+    // up to retryCnt times. Timeout 0 means wait forever.
+    const timeout = transportTimeoutMs(qp.attr.timeout ?? 14);
+    if (budget.retryLeft === 0 && timeout !== Infinity) {
+      this.#retire(guest, qp, head, wqe, WcStatus.RETRY_EXC_ERR, 0);
+      return;
+    }
+    this.#held.set(qp, {
+      guest,
+      qp,
+      head,
+      wqe,
+      deadline: now + timeout,
+      why: "noResponse",
+      rnrLeft: budget.rnrLeft,
+      retryLeft: Math.max(0, budget.retryLeft - 1),
+    });
+  }
+
+  /** Completes a send WR (when signaled, or always on error) and frees its SQ slot. */
+  #retire(
+    guest: EngineGuest,
+    qp: EngineQp,
+    head: number,
+    wqe: ParsedWqe,
+    status: number,
+    byteLen: number,
+  ): void {
+    const signaled = qp.sqSigAll || (wqe.flags & SendFlags.SIGNALED) !== 0;
+    if (signaled || status !== WcStatus.SUCCESS) {
+      complete(guest, qp.sendCq, {
+        wrId: wqe.wrId,
+        status,
+        opcode: wcOpcodeOf(wqe.opcode),
+        wcFlags: 0,
+        byteLen,
+        immData: 0,
+        qpNum: qp.qpNum,
+        srcQp: qp.attr.destQpNum ?? 0,
+        solicited: false,
+      }, this.#counters);
+    }
+    qp.sq.addUsed(guest.memory, head, 0);
+    qp.sq.publishUsed(guest.memory);
+    if (status !== WcStatus.SUCCESS && status !== WcStatus.WR_FLUSH_ERR && qp.state !== "ERR") {
+      guest.moveQp(qp, "ERR");
+    }
+  }
+
+  /** Serves `qp`'s receive queue: only a QP in ERR has anything to do (flush). */
+  serviceRq(guest: EngineGuest, qp: EngineQp): void {
+    if (qp.rq === undefined) return;
+    for (;;) {
+      if (qp.state === "ERR") this.#flushRecv(guest, qp, qp.rq);
+      if (qp.rq.broken || !qp.rq.enableNotifications(guest.memory)) return;
+      if (qp.state !== "ERR") return;
+    }
+  }
+
+  /** Serves an SRQ's doorbell: receives wait for senders, so only re-arm. */
+  serviceSrq(guest: EngineGuest, srq: EngineSrq): void {
+    srq.queue.enableNotifications(guest.memory);
+  }
+
+  /** Reacts to a QP state change made by MODIFY_QP or by the device. */
+  onStateChange(guest: EngineGuest, qp: EngineQp, from: string, to: string): void {
+    if (to === "ERR") {
+      this.#flushSq(guest, qp);
+      if (qp.rq) this.#flushRecv(guest, qp, qp.rq);
+    } else if (to === "RESET") {
+      // Queues are emptied without completions; PSNs restart.
+      this.#held.delete(qp);
+      this.#drop(guest, qp.sq);
+      if (qp.rq) this.#drop(guest, qp.rq);
+    } else if (to === "RTS" && from !== "RTS") {
+      this.serviceSq(guest, qp);
+    }
+  }
+
+  /** Forgets a destroyed QP. */
+  forget(qp: EngineQp): void {
+    this.#held.delete(qp);
+  }
+
+  #flushSq(guest: EngineGuest, qp: EngineQp): void {
+    const held = this.#held.get(qp);
+    if (held !== undefined) {
+      this.#held.delete(qp);
+      this.#counters.add("flushedWrs");
+      this.#retire(guest, qp, held.head, held.wqe, WcStatus.WR_FLUSH_ERR, 0);
+    }
+    const mem = guest.memory;
+    const chain = this.#chain;
+    const wqe = this.#wqeOf(qp);
+    while (qp.sq.popInto(mem, chain)) {
+      const bad = readWqe(chain, wqe, {
+        maxSge: qp.cap.maxSendSge,
+        maxInline: qp.cap.maxInlineData,
+        recv: false,
+      });
+      if (bad !== null) wqe.opcode = WrOpcode.SEND;
+      this.#counters.add("flushedWrs");
+      this.#retire(guest, qp, chain.head, wqe, WcStatus.WR_FLUSH_ERR, 0);
+    }
+  }
+
+  #flushRecv(guest: EngineGuest, qp: EngineQp, queue: DeviceQueue): void {
+    const mem = guest.memory;
+    const chain = this.#chain;
+    const wqe = this.#wqeOf(qp);
+    while (queue.popInto(mem, chain)) {
+      readWqe(chain, wqe, { maxSge: qp.cap.maxRecvSge, maxInline: 0, recv: true });
+      queue.addUsed(mem, chain.head, 0);
+      queue.publishUsed(mem);
+      this.#counters.add("flushedWrs");
+      complete(guest, qp.recvCq, {
+        wrId: wqe.wrId,
+        status: WcStatus.WR_FLUSH_ERR,
+        opcode: WcOpcode.RECV,
+        wcFlags: 0,
+        byteLen: 0,
+        immData: 0,
+        qpNum: qp.qpNum,
+        srcQp: 0,
+        solicited: false,
+      }, this.#counters);
+    }
+  }
+
+  #drop(guest: EngineGuest, queue: DeviceQueue): void {
+    const mem = guest.memory;
+    while (queue.popInto(mem, this.#chain)) {
+      queue.addUsed(mem, this.#chain.head, 0);
+    }
+    queue.publishUsed(mem);
+  }
+
+  /** Milliseconds until the next held WR is due (Infinity when none). */
+  nextTimeout(now = performance.now()): number {
+    let next = Infinity;
+    for (const h of this.#held.values()) next = Math.min(next, h.deadline);
+    return next === Infinity ? Infinity : Math.max(0, next - now);
+  }
+
+  /** Retries every held WR whose time has come. */
+  runTimers(now = performance.now()): void {
+    for (const held of [...this.#held.values()]) {
+      if (held.deadline > now) continue;
+      this.#held.delete(held.qp);
+      const { guest, qp } = held;
+      if (qp.state !== "RTS" && qp.state !== "SQD") continue;
+      this.#attempt(guest, qp, held.head, held.wqe, held);
+      if (!this.#held.has(qp)) this.serviceSq(guest, qp);
+    }
+  }
+}
