@@ -19,6 +19,50 @@
 
 export { Backend, DEFAULT_SOCKET, ROCE_PORT, startBackend } from "./backend/service.ts";
 export type { BackendOptions, BackendStats } from "./backend/service.ts";
-export { Device, GUEST_BASE, openDevice, VerbsError } from "./driver/mod.ts";
-export type { AsyncEvent, GuestBuffer, OpenDeviceOptions } from "./driver/mod.ts";
+export {
+  Access,
+  Ah,
+  Cq,
+  Device,
+  GUEST_BASE,
+  MAX_INLINE_DATA,
+  Mr,
+  openDevice,
+  Pd,
+  Qp,
+  QpState,
+  SendFlags,
+  Srq,
+  VerbsError,
+  WcFlags,
+  WcOpcode,
+  WcStatus,
+  WrOpcode,
+} from "./driver/mod.ts";
+export type {
+  AhAttr,
+  AsyncEvent,
+  AtomicInfo,
+  ConnectionInfo,
+  CqInit,
+  GuestBuffer,
+  MrRange,
+  OpenDeviceOptions,
+  QpAttr,
+  QpCap,
+  QpInit,
+  QpQueryResult,
+  QpStateName,
+  QpType,
+  RdmaInfo,
+  RecvWr,
+  SendWr,
+  Sge,
+  SrqInit,
+  UdInfo,
+  WcOpcodeName,
+  WcStatusName,
+  WorkCompletion,
+  WrOpcodeName,
+} from "./driver/mod.ts";
 export type { DeviceAttr, PortAttr } from "./protocol/device_config.ts";

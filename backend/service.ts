@@ -192,6 +192,7 @@ export async function startBackend(options: BackendOptions = {}): Promise<Backen
   const counters = new Counters();
   const plane = await DataPlane.start(counters, {
     logLevel: level,
+    ip,
     onNotice: (n: DataPlaneNotice) => {
       if (n.notice === "log") log.log(n.level, `data plane: ${n.message}`);
       if (n.notice === "broken") {

@@ -52,6 +52,9 @@ import { VerbsError } from "./errors.ts";
 import { EventQueue } from "./event_queue.ts";
 import { acquireReactor, releaseReactor } from "./reactor_pool.ts";
 import type { Reactor } from "../virtqueue/sys/reactor.ts";
+import { Cq } from "./cq.ts";
+import { Pd } from "./pd.ts";
+import type { CqInit } from "./types.ts";
 
 /** Guest address where the driver places its memory: nonzero so an address is never an offset. */
 export const GUEST_BASE = 0x1_0000_0000;
@@ -223,6 +226,16 @@ export class Device {
         allocator.free(addr);
       },
     };
+  }
+
+  /** Allocates a protection domain (`ibv_alloc_pd`). */
+  allocPd(): Promise<Pd> {
+    return Pd.alloc(this);
+  }
+
+  /** Creates a completion queue of at least `init.cqe` entries (`ibv_create_cq`). */
+  createCq(init: CqInit): Promise<Cq> {
+    return Cq.create(this, init);
   }
 
   /** Runs a control command (for the verbs objects). */

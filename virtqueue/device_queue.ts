@@ -97,7 +97,10 @@ export class DeviceQueue {
   #mem: GuestMemory | null = null;
   #rings: RingViews | null = null;
 
-  /** A queue at `layout` with the negotiated `options`; call nothing on memory until the driver is ready. */
+  /**
+   * A queue at `layout` with the negotiated `options`. Nothing is read from
+   * memory until a method is given it; the layout is checked then.
+   */
   constructor(layout: QueueLayout, options: QueueOptions = {}) {
     validateQueueSize(layout.size);
     this.#layout = { size: layout.size, desc: layout.desc, avail: layout.avail, used: layout.used };
@@ -161,7 +164,9 @@ export class DeviceQueue {
     this.#lastAvail = state.lastAvail;
     this.#availSeen = state.lastAvail;
     this.#usedIdx = state.usedIdx;
-    this.#usedPublished = state.usedIdx;
+    // How much of usedIdx was published is not part of the state: the next
+    // notification decision reads it back from the used ring.
+    this.#usedPublished = -1;
     this.#signalledUsed = s;
     this.#broken = state.broken;
   }
@@ -235,8 +240,14 @@ export class DeviceQueue {
     this.#usedIdx = (this.#usedIdx + 1) & 0xffff;
   }
 
-  /** Makes every entry added since the last publish visible with one atomic store of used idx. */
+  /**
+   * Makes every entry added since the last publish visible with one atomic
+   * store of used idx; stores nothing when nothing was added (a polling
+   * device must not keep writing the cache line the driver polls).
+   */
   publishUsed(mem: GuestMemory): void {
+    // After a restore #usedPublished is -1: entries added before the save
+    // may be unpublished, so the first publish always stores.
     if (this.#broken !== null || this.#usedPublished === this.#usedIdx) return;
     if (this.#bind(mem) === null) return;
     mem.storeU16(this.#usedIdxAddr, this.#usedIdx);
@@ -251,22 +262,27 @@ export class DeviceQueue {
 
   /**
    * Whether the driver wants a used-buffer notification for what was
-   * published since the last call. With EVENT_IDX: `vring_need_event(
-   * used_event, new, old)` where `old` is the used idx at the previous
-   * call. Without: nothing new means no, otherwise the NO_INTERRUPT flag
-   * decides. False on a broken queue.
+   * published since the last call: no when nothing was; otherwise with
+   * EVENT_IDX `vring_need_event(used_event, new, old)` where `old` is the
+   * used idx at the previous decision, and without it the NO_INTERRUPT
+   * flag decides. False on a broken queue.
    */
   needsNotify(mem: GuestMemory): boolean {
     if (this.#broken !== null || this.#bind(mem) === null) return false;
-    const now = this.#usedPublished;
-    const old = this.#signalledUsed;
-    this.#signalledUsed = now;
     try {
+      // After a restore the published used idx is unknown until read back;
+      // the guest could have changed it, which can only skew this decision.
+      if (this.#usedPublished < 0) this.#usedPublished = mem.loadU16(this.#usedIdxAddr);
+      const now = this.#usedPublished;
+      const old = this.#signalledUsed;
+      // Nothing used since the last decision: no, and no read of a field
+      // the driver writes (a polling device calls this in its loop).
+      if (old === now) return false;
+      this.#signalledUsed = now;
       if (this.#eventIdx) {
         const event = mem.loadU16(this.#usedEventAddr);
         return old < 0 || ((now - event - 1) & 0xffff) < ((now - old) & 0xffff);
       }
-      if (old === now) return false;
       return (mem.loadU16(this.#availFlagsAddr) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
     } catch (e) {
       this.#break(e);

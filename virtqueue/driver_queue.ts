@@ -120,7 +120,11 @@ export class DriverQueue {
   #mem: GuestMemory | null = null;
   #rings: RingViews | null = null;
 
-  /** A queue at `layout` with the negotiated `options`. Call {@linkcode DriverQueue.init} before use. */
+  /**
+   * A queue at `layout` with the negotiated `options`, every descriptor
+   * free. Call {@linkcode DriverQueue.init} to zero the areas in memory
+   * before the device is told about them.
+   */
   constructor(layout: QueueLayout, options: QueueOptions = {}) {
     validateQueueSize(layout.size);
     this.#layout = { size: layout.size, desc: layout.desc, avail: layout.avail, used: layout.used };
@@ -180,10 +184,10 @@ export class DriverQueue {
    * when the layout does not fit `mem`.
    */
   init(mem: GuestMemory): void {
-    const rings = this.#bind(mem);
-    new Uint8Array(rings.desc.buffer, rings.desc.byteOffset, rings.desc.byteLength).fill(0);
-    new Uint8Array(rings.avail.buffer, rings.avail.byteOffset, rings.avail.byteLength).fill(0);
-    new Uint8Array(rings.used.buffer, rings.used.byteOffset, rings.used.byteLength).fill(0);
+    const rings = this.#bind(mem); // checks the layout first
+    mem.fill(this.#layout.desc, rings.desc.byteLength, 0);
+    mem.fill(this.#layout.avail, rings.avail.byteLength, 0);
+    mem.fill(this.#layout.used, rings.used.byteLength, 0);
     this.#resetState();
   }
 
@@ -207,27 +211,28 @@ export class DriverQueue {
     options: { indirectAt?: number } = {},
   ): number {
     const nr = readable.length, nw = writable.length, total = nr + nw;
-    const shape = `chain of ${nr} readable + ${nw} writable buffers`;
-    if (total === 0) throw new RangeError(`${shape} is empty: a chain needs at least one buffer`);
+    const shape = (): string => `chain of ${nr} readable + ${nw} writable buffers`;
+    if (total === 0) throw new RangeError(`${shape()} is empty: a chain needs at least one buffer`);
     const at = options.indirectAt;
     if (at !== undefined) {
       if (!this.#indirect) {
+        const where = `0x${at.toString(16)}`;
         throw new TypeError(
-          `indirectAt 0x${
-            at.toString(16)
-          } needs VIRTIO_RING_F_INDIRECT_DESC: create the queue with { indirect: true }`,
+          `indirectAt ${where} needs VIRTIO_RING_F_INDIRECT_DESC: create the queue with { indirect: true }`,
         );
       }
       if (!(Number.isSafeInteger(at) && at >= 0)) {
         throw new RangeError(`indirectAt ${at} is not a guest address`);
       }
       if (total > this.#size) {
-        throw new RangeError(`${shape} does not fit an indirect table of at most ${this.#size}`);
+        throw new RangeError(`${shape()} does not fit an indirect table of at most ${this.#size}`);
       }
     }
     const need = at === undefined ? total : 1;
     if (need > this.#numFree) {
-      throw new RangeError(`${shape} needs ${need} descriptors but only ${this.#numFree} are free`);
+      throw new RangeError(
+        `${shape()} needs ${need} descriptors but only ${this.#numFree} are free`,
+      );
     }
     let writableBytes = 0;
     for (let k = 0; k < total; k++) {
@@ -286,11 +291,17 @@ export class DriverQueue {
     desc.setUint32(o, addr >>> 0, true);
     desc.setUint32(o + 4, addr < TWO_POW_32 ? 0 : Math.floor(addr / TWO_POW_32), true);
     desc.setUint32(o + 8, len, true);
-    // flags and next (0) in one store; the `| 0` keeps the value a plain
-    // integer, without which V8 called the DataView builtin here (measured).
-    desc.setUint32(o + 12, (writable ? VIRTQ_DESC_F_WRITE : 0) | 0, true);
+    // An `if` rather than `writable ? WRITE : 0` as the stored value: with
+    // the conditional expression V8 left this store as a call to the
+    // DataView builtin (about 5% of the data path, measured with perf).
+    let flags = 0, writableBytes = 0;
+    if (writable) {
+      flags = VIRTQ_DESC_F_WRITE;
+      writableBytes = len;
+    }
+    desc.setUint32(o + 12, flags, true); // flags and next (0) in one store
     this.#chainLen[head] = 1;
-    this.#offer(rings, head, writable ? len : 0);
+    this.#offer(rings, head, writableBytes);
     return head;
   }
 

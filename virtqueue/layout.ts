@@ -36,17 +36,6 @@ export const DESC_SIZE = 16;
 /** The largest queue size the specification allows. */
 export const MAX_QUEUE_SIZE = 32768;
 
-/** Byte offsets of the fields inside the areas, for code and tests that read them raw. */
-export const RING_OFFSETS: {
-  readonly descAddr: 0;
-  readonly descLen: 8;
-  readonly descFlags: 12;
-  readonly descNext: 14;
-  readonly flags: 0;
-  readonly idx: 2;
-  readonly ring: 4;
-} = { descAddr: 0, descLen: 8, descFlags: 12, descNext: 14, flags: 0, idx: 2, ring: 4 };
-
 /** Guest addresses of the three areas of one queue, and its size. */
 export interface QueueLayout {
   /** Number of entries: a power of two, 1..32768. */

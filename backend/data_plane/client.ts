@@ -25,6 +25,8 @@ export interface WorkerInit {
   counters: SharedArrayBuffer;
   /** Minimum level of the log lines the Worker posts. */
   logLevel: string;
+  /** This host's IPv4 address. */
+  ip: string;
 }
 
 /** Runs and commands the data-plane Worker. */
@@ -49,7 +51,7 @@ export class DataPlane {
   /** Starts the Worker and waits until it sleeps in its loop. */
   static async start(
     counters: Counters,
-    options: { logLevel: string; onNotice: (notice: DataPlaneNotice) => void },
+    options: { logLevel: string; ip: string; onNotice: (notice: DataPlaneNotice) => void },
   ): Promise<DataPlane> {
     const control = EventFd.create();
     const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
@@ -70,6 +72,7 @@ export class DataPlane {
       controlFd: control.fd,
       counters: counters.buffer,
       logLevel: options.logLevel,
+      ip: options.ip,
     };
     worker.postMessage(init);
     await ready.promise;

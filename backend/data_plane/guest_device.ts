@@ -31,6 +31,11 @@ import {
   MAX_COMMAND_BYTES,
 } from "../../protocol/device_interface.ts";
 import { DeviceModel } from "../device/device_model.ts";
+import type { HostTables } from "../device/host_tables.ts";
+import type { Qp } from "../device/objects.ts";
+import type { VerbsEngine } from "../engine/engine.ts";
+import type { EngineAh, EngineGuest, EngineQp } from "../engine/types.ts";
+import type { QpStateName } from "../../protocol/verbs.ts";
 import { deviceConfigFor } from "../device/attributes.ts";
 import type { Counters } from "./stats.ts";
 import type { RegionMapping, VringSetup } from "./messages.ts";
@@ -56,12 +61,31 @@ function adoptEventFd(fd: number, what: string): EventFd {
   return EventFd.fromFd(fd);
 }
 
-/** A guest device on the data plane. */
-export class GuestDevice {
+/** What a guest device is made of. */
+export interface GuestDeviceOptions {
+  /** Guest number. */
+  id: number;
+  /** This host's IPv4 address. */
+  ip: string;
+  /** The backend's counters. */
+  counters: Counters;
+  /** The backend's host-wide tables (QPNs, keys). */
+  host: HostTables;
+  /** The backend's verbs data path. */
+  engine: VerbsEngine;
+  /** Called when one of the guest's queues breaks (NEEDS_RESET). */
+  onBroken: (queue: number, error: string) => void;
+}
+
+/** A guest device on the data plane; it is also the engine's view of the guest. */
+export class GuestDevice implements EngineGuest {
   /** Guest number. */
   readonly id: number;
   readonly #ip: string;
   readonly #counters: Counters;
+  readonly #host: HostTables;
+  readonly #engine: VerbsEngine;
+  #eventIdx = false;
   #mem: GuestMemory | null = null;
   #model: DeviceModel | null = null;
   readonly #queues: (DeviceQueue | null)[] = [];
@@ -75,18 +99,20 @@ export class GuestDevice {
   readonly #eventSlot = new DataView(new ArrayBuffer(EVENT_SLOT_BYTES));
   readonly #onBroken: (queue: number, error: string) => void;
 
-  /** A guest with nothing set up yet. */
-  constructor(
-    id: number,
-    ip: string,
-    counters: Counters,
-    onBroken: (queue: number, error: string) => void,
-  ) {
-    this.id = id;
-    this.#ip = ip;
-    this.#counters = counters;
-    this.#onBroken = onBroken;
-    counters.add("guests");
+  /** A guest with nothing set up yet, served by `options.engine` over the backend's tables. */
+  constructor(options: GuestDeviceOptions) {
+    this.id = options.id;
+    this.#ip = options.ip;
+    this.#counters = options.counters;
+    this.#host = options.host;
+    this.#engine = options.engine;
+    this.#onBroken = options.onBroken;
+    this.#counters.add("guests");
+  }
+
+  /** The device model (null before the memory table): the data-path engine's entry to the objects. */
+  get model(): DeviceModel | null {
+    return this.#model;
   }
 
   /** The kick fds, for the epoll set. */
@@ -105,7 +131,17 @@ export class GuestDevice {
     })));
     this.#mem = mem;
     this.#model?.destroyAll();
-    this.#model = new DeviceModel(deviceConfigFor({ ip: this.#ip, memoryBytes: mem.size }));
+    const model = new DeviceModel({
+      config: deviceConfigFor({ ip: this.#ip, memoryBytes: mem.size }),
+      memory: mem,
+      host: this.#host,
+      counters: this.#counters,
+      eventIdx: this.#eventIdx,
+      guest: this.id,
+    });
+    model.onQpStateChange((qp, from, to) => this.#engine.onStateChange(this, qp, from, to));
+    model.onQpDestroy((qp) => this.#engine.forget(qp));
+    this.#model = model;
   }
 
   /** Starts serving a queue from `setup.base`. */
@@ -115,6 +151,10 @@ export class GuestDevice {
       throw new RangeError(`queue ${setup.index} is not a fixed queue (0..${FIXED_QUEUES - 1})`);
     }
     validateLayout(mem, setup.layout);
+    // Every queue of a guest shares the negotiated features; queues the model
+    // creates later (SQ, RQ, SRQ, CQ) take EVENT_IDX from here.
+    this.#eventIdx = setup.eventIdx;
+    if (this.#model !== null) this.#model.eventIdx = setup.eventIdx;
     const queue = new DeviceQueue(setup.layout, {
       eventIdx: setup.eventIdx,
       indirect: setup.indirect,
@@ -224,6 +264,7 @@ export class GuestDevice {
 
   /** Serves one queue if it is enabled and not broken. Returns true when it did work. */
   serviceQueue(index: number): boolean {
+    if (index >= FIXED_QUEUES) return this.#serviceDataQueue(index);
     const queue = this.#queues[index];
     if (queue == null || !this.#enabled[index] || queue.broken) return false;
     const mem = this.#mem!;
@@ -245,6 +286,43 @@ export class GuestDevice {
       this.#onBroken(index, queue.error?.message ?? "broken");
     }
     return worked;
+  }
+
+  /** A doorbell for a queue the model created (SQ, RQ, SRQ, CQ): the engine serves it. */
+  #serviceDataQueue(index: number): boolean {
+    const owner = this.#model?.queueOwner(index);
+    if (owner === undefined) return false;
+    switch (owner.kind) {
+      case "sq":
+        this.#engine.serviceSq(this, owner.object);
+        return true;
+      case "rq":
+        this.#engine.serviceRq(this, owner.object);
+        return true;
+      case "srq":
+        this.#engine.serviceSrq(this, owner.object);
+        return true;
+      case "cq":
+        // New CQE slots: nothing waits on them (an overrun CQ stays in error).
+        return false;
+    }
+  }
+
+  /** The guest's memory (the engine only runs for guests that have one). */
+  get memory(): GuestMemory {
+    if (this.#mem === null) throw new Error(`guest ${this.id} has no memory table`);
+    return this.#mem;
+  }
+
+  /** An address handle of this guest. */
+  ah(handle: number): EngineAh | undefined {
+    return this.#model?.ah(handle);
+  }
+
+  /** The device's own QP transition (errors): the model records it, the engine reacts. */
+  moveQp(qp: EngineQp, to: QpStateName): void {
+    const from = qp.state;
+    if (this.#model?.moveQp(qp as Qp, to)) this.#engine.onStateChange(this, qp, from, to);
   }
 
   #serviceControl(queue: DeviceQueue): boolean {

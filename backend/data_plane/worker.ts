@@ -19,6 +19,9 @@ import { EventFd } from "../../virtqueue/sys/eventfd.ts";
 import { closeFd } from "../../virtqueue/sys/libc.ts";
 import { EventType } from "../../protocol/device_interface.ts";
 import { GuestDevice } from "./guest_device.ts";
+import { HostTables } from "../device/host_tables.ts";
+import { VerbsEngine } from "../engine/engine.ts";
+import { hostView } from "../engine/host_view.ts";
 import { Counters } from "./stats.ts";
 import type { WorkerInit } from "./client.ts";
 import type { DataPlaneNotice, DataPlaneReply, SequencedCommand } from "./messages.ts";
@@ -63,6 +66,9 @@ async function run(init: WorkerInit): Promise<void> {
   const epoll = Epoll.create();
   epoll.add(control.fd, CONTROL_TOKEN);
   const guests = new Map<number, GuestDevice>();
+  // QPNs and memory keys are unique across every guest of this backend.
+  const hostTables = new HostTables();
+  const engine = new VerbsEngine(hostView(hostTables, init.ip, (id) => guests.get(id)), counters);
 
   const execute = (cmd: SequencedCommand): number | undefined => {
     if (cmd.cmd === "stop") return undefined;
@@ -70,8 +76,13 @@ async function run(init: WorkerInit): Promise<void> {
       if (guests.has(cmd.guest)) throw new Error(`guest ${cmd.guest} exists`);
       guests.set(
         cmd.guest,
-        new GuestDevice(cmd.guest, cmd.ip, counters, (queue, error) => {
-          post({ notice: "broken", guest: cmd.guest, queue, error });
+        new GuestDevice({
+          id: cmd.guest,
+          ip: cmd.ip,
+          counters,
+          host: hostTables,
+          engine,
+          onBroken: (queue, error) => post({ notice: "broken", guest: cmd.guest, queue, error }),
         }),
       );
       return undefined;
@@ -143,7 +154,11 @@ async function run(init: WorkerInit): Promise<void> {
         continue;
       }
     }
-    const n = epoll.wait(spinning ? 0 : -1);
+    // Held WRs (RNR waits, retries) bound the sleep; epoll counts whole
+    // milliseconds, so a sub-millisecond wait is spent polling.
+    const due = engine.nextTimeout();
+    const sleep = spinning || due < 1 ? 0 : due === Infinity ? -1 : Math.floor(due);
+    const n = epoll.wait(sleep);
     let worked = false;
     for (let i = 0; i < n; i++) {
       const token = epoll.tokenAt(i);
@@ -156,7 +171,10 @@ async function run(init: WorkerInit): Promise<void> {
       guest.drainKicks();
       worked = guest.service() || worked;
     }
-    if (spinning) { for (const g of guests.values()) worked = g.service() || worked; }
+    if (spinning) {
+      for (const g of guests.values()) worked = g.service() || worked;
+    }
+    if (due !== Infinity) engine.runTimers();
     while (expected > 0) {
       const cmd = await nextCommand();
       expected--;

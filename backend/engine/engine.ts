@@ -106,8 +106,8 @@ export class VerbsEngine {
         continue;
       }
       this.#attempt(guest, qp, head, wqe, {
-        rnrLeft: qp.attr.rnrRetry ?? 7,
-        retryLeft: qp.attr.retryCnt ?? 7,
+        rnrLeft: qp.rnrRetry,
+        retryLeft: qp.retryCnt,
       });
     }
   }
@@ -146,7 +146,7 @@ export class VerbsEngine {
     }
     // No response: the requester's transport timer runs out and it resends,
     // up to retryCnt times. Timeout 0 means wait forever.
-    const timeout = transportTimeoutMs(qp.attr.timeout ?? 14);
+    const timeout = transportTimeoutMs(qp.timeout);
     if (budget.retryLeft === 0 && timeout !== Infinity) {
       this.#retire(guest, qp, head, wqe, WcStatus.RETRY_EXC_ERR, 0);
       return;
@@ -182,7 +182,7 @@ export class VerbsEngine {
         byteLen,
         immData: 0,
         qpNum: qp.qpNum,
-        srcQp: qp.attr.destQpNum ?? 0,
+        srcQp: qp.destQpNum ?? 0,
         solicited: false,
       }, this.#counters);
     }
@@ -195,7 +195,7 @@ export class VerbsEngine {
 
   /** Serves `qp`'s receive queue: only a QP in ERR has anything to do (flush). */
   serviceRq(guest: EngineGuest, qp: EngineQp): void {
-    if (qp.rq === undefined) return;
+    if (qp.rq === null) return;
     for (;;) {
       if (qp.state === "ERR") this.#flushRecv(guest, qp, qp.rq);
       if (qp.rq.broken || !qp.rq.enableNotifications(guest.memory)) return;

@@ -68,9 +68,9 @@ export function execute(
   counters: Counters,
 ): Outcome {
   if (qp.qpType === "UD") return executeUd(host, guest, qp, wqe, counters);
-  const dgid = qp.attr.ahAttr?.dgid;
+  const dgid = qp.ahAttr.dgid;
   if (dgid !== host.gid) return { kind: "noResponse" }; // remote hosts: the RoCE adapter's job
-  const dest = host.qp(qp.attr.destQpNum ?? -1);
+  const dest = host.qp(qp.destQpNum);
   if (dest === undefined || dest.qp.qpType !== qp.qpType || !canReceive(dest.qp)) {
     return { kind: "noResponse" };
   }
@@ -85,7 +85,7 @@ export function execute(
       counters.add("rnrNaks");
       return unreliable
         ? done(WcStatus.SUCCESS, local.total)
-        : { kind: "rnr", minRnrTimer: dest.qp.attr.minRnrTimer ?? 0 };
+        : { kind: "rnr", minRnrTimer: dest.qp.minRnrTimer };
     }
     const imm = op === WrOpcode.SEND_WITH_IMM ? wqe.immData : undefined;
     const solicited = (wqe.flags & SendFlags.SOLICITED) !== 0;
@@ -149,7 +149,7 @@ export function execute(
         counters.add("rnrNaks");
         return unreliable
           ? done(WcStatus.SUCCESS, length)
-          : { kind: "rnr", minRnrTimer: dest.qp.attr.minRnrTimer ?? 0 };
+          : { kind: "rnr", minRnrTimer: dest.qp.minRnrTimer };
       }
     }
     established(dest);
@@ -252,17 +252,17 @@ function executeUd(
   if (ah === undefined || ah.pd !== qp.pd) return done(WcStatus.LOC_QP_OP_ERR);
   if (!gather(host, guest, qp, wqe)) return done(WcStatus.LOC_PROT_ERR);
   const length = local.total;
-  if (length > (qp.attr.pathMtu ?? 4096)) return done(WcStatus.LOC_LEN_ERR);
+  if (length > qp.pathMtu) return done(WcStatus.LOC_LEN_ERR);
   if (ah.ahAttr.dgid !== host.gid) {
     counters.add("udDropped"); // remote hosts: the RoCE adapter's job
     return done(WcStatus.SUCCESS, length);
   }
   const dest = host.qp(wqe.remoteQpn);
   // A Q_Key with its top bit set means "use the sender's own Q_Key".
-  const qkey = (wqe.remoteQkey & 0x8000_0000) !== 0 ? (qp.attr.qkey ?? 0) : wqe.remoteQkey;
+  const qkey = (wqe.remoteQkey & 0x8000_0000) !== 0 ? qp.qkey : wqe.remoteQkey;
   if (
     dest === undefined || dest.qp.qpType !== "UD" || !canReceive(dest.qp) ||
-    (dest.qp.attr.qkey ?? 0) !== qkey
+    dest.qp.qkey !== qkey
   ) {
     counters.add("udDropped");
     return done(WcStatus.SUCCESS, length);

@@ -33,7 +33,7 @@ const recvWqe = new ParsedWqe();
 export function takeRecv(guest: EngineGuest, qp: EngineQp): TakenRecv | undefined {
   const mem = guest.memory;
   const queue = qp.srq ? qp.srq.queue : qp.rq;
-  if (queue === undefined || queue.broken) return undefined;
+  if (queue == null || queue.broken) return undefined;
   if (!queue.popInto(mem, recvChain)) return undefined;
   const maxSge = qp.srq ? qp.srq.maxSge : qp.cap.maxRecvSge;
   const error = readWqe(recvChain, recvWqe, { maxSge, maxInline: 0, recv: true });
@@ -65,7 +65,7 @@ export function checkRemote(
   }
   if (mr.pd !== dest.pd) return `rkey 0x${rkey.toString(16)} is in another PD`;
   if ((mr.access & access) === 0) return `MR lacks access 0x${access.toString(16)}`;
-  if (((dest.attr.qpAccessFlags ?? 0) & access) === 0) {
+  if ((dest.qpAccessFlags & access) === 0) {
     return `QP 0x${dest.qpNum.toString(16)} does not allow access 0x${access.toString(16)}`;
   }
   if (!(addr >= mr.addr && addr + length <= mr.addr + mr.length)) {

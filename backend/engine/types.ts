@@ -85,30 +85,34 @@ export interface EngineQp {
   readonly sendCq: EngineCq;
   /** Receive completions go here. */
   readonly recvCq: EngineCq;
-  /** Receives come from here instead of `rq`. */
-  readonly srq?: EngineSrq;
+  /** Receives come from here instead of `rq`, or null. */
+  readonly srq: EngineSrq | null;
   /** Capabilities. */
   readonly cap: QpCap;
   /** Every send WR completes. */
   readonly sqSigAll: boolean;
   /** Send queue. */
   readonly sq: DeviceQueue;
-  /** Receive queue (absent with an SRQ). */
-  readonly rq?: DeviceQueue;
-  /** QP attributes (as MODIFY_QP set them). */
-  readonly attr: {
-    destQpNum?: number;
-    qpAccessFlags?: number;
-    ahAttr?: AhAttr;
-    qkey?: number;
-    minRnrTimer?: number;
-    rnrRetry?: number;
-    retryCnt?: number;
-    timeout?: number;
-    pathMtu?: number;
-    sqPsn?: number;
-    rqPsn?: number;
-  };
+  /** Receive queue, or null with an SRQ. */
+  readonly rq: DeviceQueue | null;
+  /** Destination QPN (RC, UC). */
+  readonly destQpNum: number;
+  /** Remote access allowed on this QP. */
+  readonly qpAccessFlags: number;
+  /** Primary path (RC, UC). */
+  readonly ahAttr: AhAttr;
+  /** Q_Key (UD). */
+  readonly qkey: number;
+  /** Minimum RNR NAK timer code this QP asks senders to wait. */
+  readonly minRnrTimer: number;
+  /** RNR retries (7 = infinite). */
+  readonly rnrRetry: number;
+  /** Transport retries. */
+  readonly retryCnt: number;
+  /** Local ACK timeout code. */
+  readonly timeout: number;
+  /** Path MTU in bytes. */
+  readonly pathMtu: number;
 }
 
 /** One guest as the engine sees it. */
