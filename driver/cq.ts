@@ -62,8 +62,8 @@ export class Cq {
     this.#armAddr = parts.armAddr;
     this.#what = `CQ ${parts.handle}`;
     this.#unsubscribe = [
-      dev.onCompletion((cq) => {
-        if (cq === this.handle && !this.#destroyed) this.#onEvent();
+      dev.onCompletion(this.handle, () => {
+        if (!this.#destroyed) this.#onEvent();
       }),
       dev.onFail((error) => this.#rejectAll(error)),
     ];

@@ -126,7 +126,8 @@ export class Device {
   readonly #reactor: Reactor;
   readonly #asyncEvents: AsyncEvent[] = [];
   readonly #asyncWaiters: PromiseWithResolvers<AsyncEvent>[] = [];
-  readonly #completionListeners = new Set<(cq: number) => void>();
+  /** Completion-event listeners by CQ handle: one event wakes one CQ. */
+  readonly #completionListeners = new Map<number, Set<() => void>>();
   readonly #failListeners = new Set<(error: VerbsError) => void>();
   #error: VerbsError | null = null;
   #closed = false;
@@ -265,9 +266,16 @@ export class Device {
   }
 
   /** @internal subscribes to "CQ n has completions" events. */
-  onCompletion(listener: (cq: number) => void): () => void {
-    this.#completionListeners.add(listener);
-    return () => this.#completionListeners.delete(listener);
+  onCompletion(cq: number, listener: () => void): () => void {
+    let set = this.#completionListeners.get(cq);
+    if (set === undefined) this.#completionListeners.set(cq, set = new Set());
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0 && this.#completionListeners.get(cq) === set) {
+        this.#completionListeners.delete(cq);
+      }
+    };
   }
 
   /** @internal called on every interrupt (call eventfd). */
@@ -280,7 +288,7 @@ export class Device {
   /** @internal an event the device wrote. */
   deliver(event: DeviceEvent): void {
     if (event.type === EventType.COMPLETION) {
-      for (const listener of this.#completionListeners) listener(event.element);
+      for (const listener of this.#completionListeners.get(event.element) ?? []) listener();
       return;
     }
     const async: AsyncEvent = {

@@ -204,7 +204,7 @@ export interface VerbsDevice {
   /** Rings the doorbell of queue `queue`. */
   ring(queue: number): void;
   /** Subscribes to COMPLETION events; returns the unsubscribe function. */
-  onCompletion(listener: (cq: number) => void): () => void;
+  onCompletion(cq: number, listener: () => void): () => void;
   /** Subscribes to device failure; returns the unsubscribe function. */
   onFail(listener: (error: VerbsError) => void): () => void;
   /** Port attributes. */

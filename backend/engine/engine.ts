@@ -214,8 +214,14 @@ export class VerbsEngine {
       this.#flushSq(guest, qp);
       if (qp.rq) this.#flushRecv(guest, qp, qp.rq);
     } else if (to === "RESET") {
-      // Queues are emptied without completions; PSNs restart.
-      this.#held.delete(qp);
+      // Queues are emptied without completions; PSNs restart. A WR held for
+      // a retry goes back to the driver too, or its SQ slot would be lost.
+      const held = this.#held.get(qp);
+      if (held !== undefined) {
+        this.#held.delete(qp);
+        qp.sq.addUsed(guest.memory, held.head, 0);
+        qp.sq.publishUsed(guest.memory);
+      }
       this.#drop(guest, qp.sq);
       if (qp.rq) this.#drop(guest, qp.rq);
     } else if (to === "RTS" && from !== "RTS") {

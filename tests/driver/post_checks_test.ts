@@ -138,9 +138,12 @@ class FakeDevice implements VerbsDevice {
     this.rings.push(queue);
   }
 
-  onCompletion(listener: (cq: number) => void): () => void {
-    this.#completion.add(listener);
-    return () => this.#completion.delete(listener);
+  onCompletion(cq: number, listener: () => void): () => void {
+    const wrapped = (handle: number) => {
+      if (handle === cq) listener();
+    };
+    this.#completion.add(wrapped);
+    return () => this.#completion.delete(wrapped);
   }
 
   onFail(listener: (error: VerbsError) => void): () => void {

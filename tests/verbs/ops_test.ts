@@ -297,6 +297,47 @@ verbsSuite("verbs: ops", (test) => {
     }
   });
 
+  test("a polled send completion frees its SQ slots at once: a full SQ can be reposted", async (host) => {
+    // ibv_poll_cq semantics: once the signaled WR's completion is polled, it
+    // and the unsignaled WRs before it are retired, so the application may
+    // post that many again right away (perftest's cq-mod loop relies on it).
+    await using client = await createPlayer(host, { cap: { maxSendWr: 16 } });
+    await using server = await createPlayer(host);
+    await connectPlayers(client, server);
+    // 64 KiB messages keep the device busy while the application polls, as in a bandwidth test.
+    const depth = client.qp.cap.maxSendWr;
+    const half = depth / 2;
+    let next = 0;
+    const batch = () =>
+      Array.from({ length: half }, (_, i) => ({
+        wrId: BigInt(next++),
+        opcode: "RDMA_WRITE" as const,
+        sendFlags: i === half - 1 ? SendFlags.SIGNALED : 0,
+        sgList: [sge(client, 0, 64 << 10)],
+        rdma: { remoteAddr: addrOf(server, 0), rkey: server.mr.rkey },
+      }));
+    // Two half-depth batches in flight; each polled completion makes room for one more.
+    client.qp.postSend(batch());
+    client.qp.postSend(batch());
+    const deadline = performance.now() + 10 * WAIT_MS;
+    for (let round = 0; round < 2000; round++) {
+      // Spin without yielding, as a polling application does.
+      let wcs = client.cq.poll(1);
+      while (wcs.length === 0 && performance.now() < deadline) wcs = client.cq.poll(1);
+      expectWc(wcs[0], {
+        wrId: BigInt(round * half + half - 1),
+        status: "SUCCESS",
+        opcode: "RDMA_WRITE",
+        byteLen: 64 << 10,
+        immData: undefined,
+        qpNum: client.qp.qpNum,
+        srcQp: sendSrcQp(client),
+      }, `batch ${round}`);
+      client.qp.postSend(batch());
+    }
+    await pollCq(client.cq, 2);
+  });
+
   test("sqSigAll: every send WR completes even without SIGNALED", async (host) => {
     await using client = await createPlayer(host, { sqSigAll: true });
     await using server = await createPlayer(host);
@@ -385,7 +426,7 @@ verbsSuite("verbs: ops", (test) => {
     await using server = await createPlayer(host);
     await connectPlayers(client, server);
     const events: number[] = [];
-    const stop = server.dev.onCompletion((cq) => events.push(cq));
+    const stop = server.dev.onCompletion(server.cq.handle, () => events.push(server.cq.handle));
     try {
       for (let i = 0; i < 4; i++) {
         server.qp.postRecv({
