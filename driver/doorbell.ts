@@ -12,7 +12,11 @@
 
 import type { GuestMemory } from "../virtqueue/memory.ts";
 import type { EventFd } from "../virtqueue/sys/eventfd.ts";
-import { DOORBELL_AWAKE, DOORBELL_BITMAP, doorbellBytes } from "../protocol/device_interface.ts";
+import {
+  DOORBELL_AWAKE,
+  DOORBELL_SUMMARY,
+  doorbellLayout,
+} from "../protocol/device_interface.ts";
 
 /** Rings the device for one queue at a time. */
 export class Doorbell {
@@ -22,11 +26,14 @@ export class Doorbell {
   readonly queues: number;
   readonly #mem: GuestMemory;
   readonly #kick: EventFd;
+  readonly #bitmap: number;
   #kicks = 0;
 
   /** A doorbell at `addr` (zeroed here) covering `queues` queues, kicking `kick`. */
   constructor(mem: GuestMemory, addr: number, queues: number, kick: EventFd) {
-    mem.fill(addr, doorbellBytes(queues));
+    const layout = doorbellLayout(queues);
+    mem.fill(addr, layout.bytes);
+    this.#bitmap = addr + layout.bitmap;
     this.#mem = mem;
     this.addr = addr;
     this.queues = queues;
@@ -43,7 +50,9 @@ export class Doorbell {
     if (!(queue >= 0 && queue < this.queues)) {
       throw new RangeError(`queue ${queue} is outside the doorbell (0..${this.queues - 1})`);
     }
-    this.#mem.orU32(this.addr + DOORBELL_BITMAP + (queue >>> 5) * 4, 1 << (queue & 31));
+    const word = queue >>> 5;
+    this.#mem.orU32(this.#bitmap + word * 4, 1 << (queue & 31));
+    this.#mem.orU32(this.addr + DOORBELL_SUMMARY + (word >>> 5) * 4, 1 << (word & 31));
     if (this.#mem.loadU32(this.addr + DOORBELL_AWAKE) === 0) {
       this.#kicks++;
       this.#kick.signal();

@@ -159,21 +159,35 @@ export function decodeEvent(view: DataView, offset = 0): DeviceEvent {
 
 /**
  * The doorbell area in guest memory, 8-byte aligned, registered with
- * `SET_CONFIG` at {@linkcode DRIVER_AREA_OFFSET}:
+ * `SET_CONFIG` at {@linkcode DRIVER_AREA_OFFSET}. Two levels, so the device
+ * finds the rung queues among thousands with a few loads:
  *
  * | offset | field |
  * |---|---|
  * | 0 | u32 `deviceAwake`: the device sets it while it polls; the driver then skips the eventfd write |
  * | 4 | u32 reserved |
- * | 8 | u32 words: bit `q` of word `q >> 5` set = queue `q` has new work |
+ * | 8 | summary: u32 words; bit `w & 31` of word `w >> 5` set = bitmap word `w` has bits |
+ * | {@linkcode doorbellLayout}`.bitmap` | bitmap: u32 words; bit `q & 31` of word `q >> 5` set = queue `q` has new work |
+ *
+ * The driver sets the queue's bitmap bit, then its summary bit, then reads
+ * `deviceAwake`; the device takes a summary word, then each bitmap word it
+ * names. Either the device sees the work or the driver sees it asleep.
  */
 export const DOORBELL_AWAKE = 0;
-/** Offset of the first bitmap word in the doorbell area. */
-export const DOORBELL_BITMAP = 8;
+/** Offset of the first summary word. */
+export const DOORBELL_SUMMARY = 8;
+
+/** Where the parts of a doorbell area covering `queues` queues are, and its size. */
+export function doorbellLayout(queues: number): { words: number; bitmap: number; bytes: number } {
+  const words = Math.ceil(queues / 32);
+  const summaryWords = Math.ceil(words / 32);
+  const bitmap = DOORBELL_SUMMARY + summaryWords * 4;
+  return { words, bitmap, bytes: bitmap + words * 4 };
+}
 
 /** Bytes of a doorbell area covering `queues` queues. */
 export function doorbellBytes(queues: number): number {
-  return DOORBELL_BITMAP + Math.ceil(queues / 32) * 4;
+  return doorbellLayout(queues).bytes;
 }
 
 /**

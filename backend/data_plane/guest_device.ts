@@ -21,8 +21,8 @@ import {
   CONTROL_QUEUE,
   DeviceEvent,
   DOORBELL_AWAKE,
-  DOORBELL_BITMAP,
-  doorbellBytes,
+  DOORBELL_SUMMARY,
+  doorbellLayout,
   encodeEvent,
   Errno,
   EVENT_QUEUE,
@@ -92,7 +92,7 @@ export class GuestDevice implements EngineGuest {
   readonly #enabled: boolean[] = [];
   readonly #kicks = new Map<number, EventFd>();
   readonly #calls = new Map<number, EventFd>();
-  #doorbell: { addr: number; queues: number } | null = null;
+  #doorbell: { addr: number; queues: number; bitmap: number; words: number } | null = null;
   readonly #pendingEvents: DeviceEvent[] = [];
   readonly #chain = new DescriptorChain(8);
   readonly #request = new Uint8Array(MAX_COMMAND_BYTES);
@@ -213,8 +213,9 @@ export class GuestDevice implements EngineGuest {
         `doorbell covers ${queues} queues; expected ${FIXED_QUEUES}..${1 << 20}`,
       );
     }
-    mem.check(addr, doorbellBytes(queues));
-    this.#doorbell = { addr, queues };
+    const layout = doorbellLayout(queues);
+    mem.check(addr, layout.bytes);
+    this.#doorbell = { addr, queues, bitmap: addr + layout.bitmap, words: layout.words };
   }
 
   #requireMemory(): GuestMemory {
@@ -243,13 +244,23 @@ export class GuestDevice implements EngineGuest {
       return worked;
     }
     let worked = false;
-    const words = Math.ceil(bell.queues / 32);
-    for (let w = 0; w < words; w++) {
-      let bits = mem.exchangeU32(bell.addr + DOORBELL_BITMAP + w * 4, 0);
-      while (bits !== 0) {
-        const bit = 31 - Math.clz32(bits);
-        bits &= ~(1 << bit);
-        worked = this.serviceQueue(w * 32 + bit) || worked;
+    const summaryWords = Math.ceil(bell.words / 32);
+    for (let sw = 0; sw < summaryWords; sw++) {
+      const summaryAddr = bell.addr + DOORBELL_SUMMARY + sw * 4;
+      // A plain load first: most words are zero, and an exchange costs more.
+      if (mem.loadU32(summaryAddr) === 0) continue;
+      let rung = mem.exchangeU32(summaryAddr, 0);
+      while (rung !== 0) {
+        const wbit = 31 - Math.clz32(rung);
+        rung &= ~(1 << wbit);
+        const w = sw * 32 + wbit;
+        if (w >= bell.words) continue; // a guest's stray bit past its bitmap
+        let bits = mem.exchangeU32(bell.bitmap + w * 4, 0);
+        while (bits !== 0) {
+          const bit = 31 - Math.clz32(bits);
+          bits &= ~(1 << bit);
+          worked = this.serviceQueue(w * 32 + bit) || worked;
+        }
       }
     }
     return worked;

@@ -172,6 +172,10 @@ export class VerbsEngine {
     status: number,
     byteLen: number,
   ): void {
+    // The slot goes back first: once a completion is visible, its WR's slot
+    // must be free (a driver that polls and reposts at once relies on it).
+    qp.sq.addUsed(guest.memory, head, 0);
+    qp.sq.publishUsed(guest.memory);
     const signaled = qp.sqSigAll || (wqe.flags & SendFlags.SIGNALED) !== 0;
     if (signaled || status !== WcStatus.SUCCESS) {
       complete(guest, qp.sendCq, {
@@ -182,12 +186,10 @@ export class VerbsEngine {
         byteLen,
         immData: 0,
         qpNum: qp.qpNum,
-        srcQp: qp.destQpNum ?? 0,
+        srcQp: qp.destQpNum,
         solicited: false,
       }, this.#counters);
     }
-    qp.sq.addUsed(guest.memory, head, 0);
-    qp.sq.publishUsed(guest.memory);
     if (status !== WcStatus.SUCCESS && status !== WcStatus.WR_FLUSH_ERR && qp.state !== "ERR") {
       guest.moveQp(qp, "ERR");
     }
