@@ -52,6 +52,8 @@ export function complete(
 ): boolean {
   const mem = guest.memory;
   if (overrun.has(cq) || cq.queue.broken || !cq.queue.popInto(mem, chain)) {
+    // Counted before the event, so whoever the event wakes sees the count.
+    counters.add("cqOverruns");
     if (!overrun.has(cq)) {
       overrun.add(cq);
       try {
@@ -61,7 +63,6 @@ export function complete(
       }
       guest.postEvent({ type: EventType.CQ_ERR, element: cq.handle, info: 0 });
     }
-    counters.add("cqOverruns");
     return false;
   }
   view.setBigUint64(Cqe.WR_ID, c.wrId, true);

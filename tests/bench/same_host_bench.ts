@@ -14,7 +14,13 @@
  * MB is 10^6 bytes.
  *
  *     deno run -A --unstable-net tests/bench/same_host_bench.ts [--seconds 1] [--rounds 3]
- *       [--tx-depth 16] [--cq-mod 8]
+ *       [--tx-depth 16] [--cq-mod 8] [--spin 64]
+ *
+ * `--spin n` (default 64) busy-polls the CQ like perftest, yielding to the
+ * event loop every n empty polls; `--spin 0` waits with `cq.next()` as an
+ * event-driven application does. The machine has 2 cores shared by the
+ * application, the backend's data-plane Worker and the notification threads,
+ * so figures swing between runs: compare ratios within one run.
  *
  * @module
  */
@@ -23,17 +29,17 @@ import { parseArgs } from "node:util";
 import {
   Access,
   type Backend,
+  type Cq,
   type Device,
   openDevice,
+  type Qp,
   SendFlags,
+  type SendWr,
   startBackend,
+  VerbsError,
+  type WorkCompletion,
 } from "../../mod.ts";
 import { tempSocket } from "../helpers/backend.ts";
-
-type Pd = Awaited<ReturnType<Device["allocPd"]>>;
-type Cq = Awaited<ReturnType<Device["createCq"]>>;
-type Qp = Awaited<ReturnType<Pd["createQp"]>>;
-type WorkCompletion = ReturnType<Cq["poll"]>[number];
 
 const SIZES = [64 << 10, 1 << 20] as const;
 
@@ -42,6 +48,8 @@ interface Options {
   rounds: number;
   txDepth: number;
   cqMod: number;
+  /** 0: wait for completions with `cq.next()`; n: spin, yielding every n empty polls. */
+  spin: number;
 }
 
 function options(): Options {
@@ -51,6 +59,7 @@ function options(): Options {
       rounds: { type: "string", default: "3" },
       "tx-depth": { type: "string", default: "16" },
       "cq-mod": { type: "string", default: "8" },
+      spin: { type: "string", default: "64" },
     },
   });
   const o = {
@@ -58,8 +67,11 @@ function options(): Options {
     rounds: Number(values.rounds),
     txDepth: Number(values["tx-depth"]),
     cqMod: Number(values["cq-mod"]),
+    spin: Number(values.spin),
   };
-  if (!(o.seconds > 0) || !(o.rounds >= 1) || !(o.txDepth >= 1) || !(o.cqMod >= 1)) {
+  if (
+    !(o.seconds > 0) || !(o.rounds >= 1) || !(o.txDepth >= 1) || !(o.cqMod >= 1) || !(o.spin >= 0)
+  ) {
     throw new RangeError(`bad options ${JSON.stringify(o)}`);
   }
   if (o.txDepth % o.cqMod !== 0) {
@@ -106,9 +118,42 @@ async function guest(host: Backend, bytes: number, depth: number): Promise<Guest
   return { dev, qp, cq, addr: buf.addr, lkey: mr.lkey, rkey: mr.rkey };
 }
 
-/** Bytes per second of RDMA WRITEs of `size` from `a` to `b` for `seconds`. */
-async function writeBandwidth(a: Guest, b: Guest, size: number, o: Options): Promise<number> {
-  const wrs = Array.from({ length: o.cqMod }, (_, i) => ({
+/** One WRITE run: bytes per second, and how often a post found the SQ full. */
+interface WriteRun {
+  bytesPerSecond: number;
+  messages: number;
+  sqFullRetries: number;
+}
+
+/**
+ * Posts `wrs`; when the SQ is reported full part-way (ENOMEM naming
+ * `wr[k]`, the ones before it posted), yields and posts the rest. After a
+ * polled completion the SQ should always have room (ibv_poll_cq semantics);
+ * each retry is counted so a device that frees slots late shows in the output.
+ */
+async function postAll(qp: Qp, wrs: SendWr[]): Promise<number> {
+  let from = 0;
+  let retries = 0;
+  const deadline = performance.now() + 2000;
+  for (;;) {
+    try {
+      qp.postSend(from === 0 ? wrs : wrs.slice(from));
+      return retries;
+    } catch (e) {
+      if (!(e instanceof VerbsError) || e.errno !== "ENOMEM" || performance.now() > deadline) {
+        throw e;
+      }
+      const k = /wr\[(\d+)\]/.exec(e.message);
+      from += Number(k?.[1] ?? 0);
+      retries++;
+      await yieldNow();
+    }
+  }
+}
+
+/** RDMA WRITEs of `size` from `a` to `b` for `o.seconds`. */
+async function writeBandwidth(a: Guest, b: Guest, size: number, o: Options): Promise<WriteRun> {
+  const wrs: SendWr[] = Array.from({ length: o.cqMod }, (_, i) => ({
     wrId: BigInt(i),
     opcode: "RDMA_WRITE" as const,
     sendFlags: i === o.cqMod - 1 ? SendFlags.SIGNALED : 0,
@@ -117,6 +162,7 @@ async function writeBandwidth(a: Guest, b: Guest, size: number, o: Options): Pro
   }));
   let inFlight = 0; // batches of cqMod WRs
   let done = 0; // messages completed
+  let sqFullRetries = 0;
   const t0 = performance.now();
   const end = t0 + o.seconds * 1000;
   let idle = 0;
@@ -124,21 +170,26 @@ async function writeBandwidth(a: Guest, b: Guest, size: number, o: Options): Pro
     const now = performance.now();
     if (now < end) {
       while ((inFlight + 1) * o.cqMod <= o.txDepth) {
-        a.qp.postSend(wrs);
+        sqFullRetries += await postAll(a.qp, wrs);
         inFlight++;
       }
     } else if (inFlight === 0) {
-      return (done * size) / ((performance.now() - t0) / 1000);
+      const seconds = (performance.now() - t0) / 1000;
+      return { bytesPerSecond: (done * size) / seconds, messages: done, sqFullRetries };
     }
-    const wcs: WorkCompletion[] = a.cq.poll(o.txDepth);
+    let wcs: WorkCompletion[] = a.cq.poll(o.txDepth);
+    if (wcs.length === 0 && o.spin === 0) {
+      // Event-driven: sleep until the device signals a completion.
+      wcs = [await a.cq.next()];
+    }
     for (const wc of wcs) {
       if (wc.status !== "SUCCESS") throw new Error(`WRITE failed: ${wc.status}`);
       inFlight--;
       done += o.cqMod;
     }
     if (wcs.length === 0) {
-      // Let the event loop breathe now and then; the data plane is another thread.
-      if (++idle % 64 === 0) await yieldNow();
+      // Spinning: let the event loop breathe now and then.
+      if (++idle % o.spin === 0) await yieldNow();
     } else {
       idle = 0;
     }
@@ -176,20 +227,31 @@ async function main(): Promise<void> {
     const dst = a.dev.allocBuffer(big, 4096);
     src.bytes.fill(0x33);
     const write: Record<string, number> = {};
+    let sqFull = 0;
     const copy: Record<string, number> = {};
     for (const size of SIZES) {
       let bestWrite = 0;
       let bestCopy = 0;
+      let retries = 0;
+      let messages = 0;
+      const before = host.stats();
       for (let r = 0; r < o.rounds; r++) {
-        bestWrite = Math.max(bestWrite, await writeBandwidth(a, b, size, o));
+        const run = await writeBandwidth(a, b, size, o);
+        bestWrite = Math.max(bestWrite, run.bytesPerSecond);
+        retries += run.sqFullRetries;
+        messages += run.messages;
         bestCopy = Math.max(
           bestCopy,
           memcpyBandwidth(src.bytes.subarray(0, size), dst.bytes.subarray(0, size), o.seconds),
         );
       }
+      const after = host.stats();
       const tag = size === 1 << 20 ? "1m" : `${size >> 10}k`;
       write[tag] = Math.round(bestWrite / 1e6);
       copy[tag] = Math.round(bestCopy / 1e6);
+      sqFull += retries;
+      const perWr = (k: "kicks" | "calls") =>
+        Number(((after[k] - before[k]) / messages).toFixed(3));
       console.log(JSON.stringify({
         bench: "same-host",
         op: "rdma_write",
@@ -197,6 +259,10 @@ async function main(): Promise<void> {
         txDepth: o.txDepth,
         cqMod: o.cqMod,
         MBps: write[tag],
+        messages,
+        kicksPerWr: perWr("kicks"),
+        callsPerWr: perWr("calls"),
+        sqFullRetries: retries,
       }));
       console.log(JSON.stringify({ bench: "same-host", op: "memcpy", size, MBps: copy[tag] }));
     }
@@ -208,6 +274,7 @@ async function main(): Promise<void> {
       memcpyMBps1m: copy["1m"]!,
       ratio: Number((write["1m"]! / copy["1m"]!).toFixed(3)),
       ratio64k: Number((write["64k"]! / copy["64k"]!).toFixed(3)),
+      sqFullRetries: sqFull,
       txDepth: o.txDepth,
       cqMod: o.cqMod,
       seconds: o.seconds,

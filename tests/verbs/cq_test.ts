@@ -25,6 +25,7 @@ import {
   WAIT_MS,
   withTimeout,
 } from "./players.ts";
+import { eventually } from "../helpers/backend.ts";
 
 verbsSuite("verbs: cq", (test) => {
   test("create CQ: cqe 1..maxCqe, the granted size is at least the request", async (host) => {
@@ -47,6 +48,8 @@ verbsSuite("verbs: cq", (test) => {
     await using server = await createPlayer(host);
     await connectPlayers(client, server);
     assert.deepEqual(client.cq.poll(16), []);
+    const start = (host.stats() as Record<string, number>).completions;
+    assert.ok(start !== undefined, "host.stats() counts completions");
     client.qp.postSend(Array.from({ length: 10 }, (_, i) => ({
       wrId: BigInt(i),
       opcode: "RDMA_WRITE" as const,
@@ -54,8 +57,9 @@ verbsSuite("verbs: cq", (test) => {
       sgList: [sge(client, 0, 32)],
       rdma: { remoteAddr: addrOf(server, 0), rkey: server.mr.rkey },
     })));
-    // Wait until all 10 are there without taking them.
-    await sleep(50);
+    // Wait until all 10 are written, without taking any (the host counts completions).
+    const written = () => (host.stats() as Record<string, number>).completions ?? 0;
+    assert.ok(await eventually(() => written() >= start + 10, WAIT_MS), `${written() - start}`);
     const first = client.cq.poll(3);
     assert.equal(first.length, 3);
     const rest = await pollCq(client.cq, 7);

@@ -27,6 +27,7 @@ import {
   traffic,
   verbsSuite,
   WAIT_MS,
+  withTimeout,
 } from "./players.ts";
 
 verbsSuite("verbs: ops", (test) => {
@@ -319,11 +320,15 @@ verbsSuite("verbs: ops", (test) => {
     // Two half-depth batches in flight; each polled completion makes room for one more.
     client.qp.postSend(batch());
     client.qp.postSend(batch());
-    const deadline = performance.now() + 10 * WAIT_MS;
-    for (let round = 0; round < 2000; round++) {
-      // Spin without yielding, as a polling application does.
+    for (let round = 0; round < 500; round++) {
+      // Alternate a spinning poll and an event-driven wait, as applications do.
       let wcs = client.cq.poll(1);
-      while (wcs.length === 0 && performance.now() < deadline) wcs = client.cq.poll(1);
+      if (round % 2 === 0) {
+        const deadline = performance.now() + WAIT_MS;
+        while (wcs.length === 0 && performance.now() < deadline) wcs = client.cq.poll(1);
+      } else if (wcs.length === 0) {
+        wcs = [await withTimeout(client.cq.next(), WAIT_MS, `batch ${round}`)];
+      }
       expectWc(wcs[0], {
         wrId: BigInt(round * half + half - 1),
         status: "SUCCESS",

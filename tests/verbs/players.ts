@@ -1,7 +1,8 @@
 /**
  * Shared resources for the verbs acceptance tests, shaped after rdma-core's
- * pyverbs suite (tests/base.py, tests/utils.py): a backend per test, players
- * (one guest each: device, PD, MR over a buffer, CQ, QP) built by one helper,
+ * pyverbs suite (tests/base.py, tests/utils.py): one backend per suite with
+ * each case a step ({@linkcode verbsSuite}), players (one guest each: device,
+ * PD, MR over a buffer, CQ, QP) built by one helper,
  * a connect step that swaps `{qpNum, psn, gid}`, and one `traffic()` that
  * posts, polls both CQs, checks every completion field and then the bytes
  * that arrived.
@@ -319,7 +320,11 @@ export function remoteOf(p: Player): Remote {
  * `qp.connect` (the convenience the API documents); otherwise the three
  * explicit transitions with the required attributes of the contract's table.
  */
-export async function connectTo(p: Player, remote: Remote, options: ConnectOptions = {}) {
+export async function connectTo(
+  p: Player,
+  remote: Remote,
+  options: ConnectOptions = {},
+): Promise<void> {
   p.remote = remote;
   const qp = p.qp;
   if (p.qpType === "UD") {
@@ -625,7 +630,12 @@ export function gatherFrom(p: Player, sges: readonly Sge[], length: number): Uin
 }
 
 /** Asserts the holes between SGEs and `tail` bytes after the last one still hold the sentinel. */
-export function expectHolesUntouched(p: Player, sges: readonly Sge[], tail: number, what: string) {
+export function expectHolesUntouched(
+  p: Player,
+  sges: readonly Sge[],
+  tail: number,
+  what: string,
+): void {
   for (let i = 0; i < sges.length; i++) {
     const s = sges[i]!;
     const end = Number(s.addr - p.buf.addr) + s.length;
