@@ -59,6 +59,32 @@ function established(dest: { qp: EngineQp; guest: EngineGuest }): void {
   }
 }
 
+/**
+ * Maps the target range of an RDMA or atomic WQE into `remote` after the
+ * responder's checks. A refusal counts, puts the responder QP into ERR (IBA
+ * class C error) and returns false: the requester completes REM_ACCESS_ERR.
+ */
+function mapRemote(
+  host: EngineHost,
+  dest: { qp: EngineQp; guest: EngineGuest },
+  wqe: ParsedWqe,
+  access: { length: number; need: number; counters: Counters },
+): boolean {
+  const allowed = checkRemote(host, dest, {
+    rkey: wqe.rkey,
+    addr: wqe.remoteAddr,
+    length: access.length,
+    need: access.need,
+  });
+  if (typeof allowed === "string") {
+    access.counters.add("accessErrors");
+    fail(dest);
+    return false;
+  }
+  remote.push(dest.guest.memory.bytes(wqe.remoteAddr, access.length));
+  return true;
+}
+
 /** Executes `wqe` from `qp` of `guest`. */
 export function execute(
   host: EngineHost,
@@ -126,21 +152,9 @@ export function execute(
     remote.reset();
     if (length > 0) {
       // A zero-length WRITE carries no address to check (IBA 9.4.1.1).
-      const access = checkRemote(
-        host,
-        dest.guest,
-        dest.qp,
-        wqe.rkey,
-        wqe.remoteAddr,
-        length,
-        REMOTE.write,
-      );
-      if (typeof access === "string") {
-        counters.add("accessErrors");
-        fail(dest);
+      if (!mapRemote(host, dest, wqe, { length, need: REMOTE.write, counters })) {
         return done(unreliable ? WcStatus.SUCCESS : WcStatus.REM_ACCESS_ERR);
       }
-      remote.push(dest.guest.memory.bytes(wqe.remoteAddr, length));
     }
     let recv;
     if (op === WrOpcode.RDMA_WRITE_WITH_IMM) {
@@ -175,21 +189,9 @@ export function execute(
     const length = local.total;
     remote.reset();
     if (length > 0) {
-      const access = checkRemote(
-        host,
-        dest.guest,
-        dest.qp,
-        wqe.rkey,
-        wqe.remoteAddr,
-        length,
-        REMOTE.read,
-      );
-      if (typeof access === "string") {
-        counters.add("accessErrors");
-        fail(dest);
+      if (!mapRemote(host, dest, wqe, { length, need: REMOTE.read, counters })) {
         return done(WcStatus.REM_ACCESS_ERR);
       }
-      remote.push(dest.guest.memory.bytes(wqe.remoteAddr, length));
     }
     established(dest);
     const n = copyViews(remote, local);
@@ -204,18 +206,8 @@ export function execute(
       fail(dest);
       return done(WcStatus.REM_INV_REQ_ERR); // misaligned atomic: NAK invalid request
     }
-    const access = checkRemote(
-      host,
-      dest.guest,
-      dest.qp,
-      wqe.rkey,
-      wqe.remoteAddr,
-      8,
-      REMOTE.atomic,
-    );
-    if (typeof access === "string") {
-      counters.add("accessErrors");
-      fail(dest);
+    remote.reset();
+    if (!mapRemote(host, dest, wqe, { length: 8, need: REMOTE.atomic, counters })) {
       return done(WcStatus.REM_ACCESS_ERR);
     }
     established(dest);

@@ -47,26 +47,23 @@ export function takeRecv(guest: EngineGuest, qp: EngineQp): TakenRecv | undefine
   return { wqe: recvWqe, error };
 }
 
-/** Why a remote access was refused, or null when allowed. */
+/** Why a remote access to `target` was refused, or the MR that allows it. */
 export function checkRemote(
   host: EngineHost,
-  destGuest: EngineGuest,
-  dest: EngineQp,
-  rkey: number,
-  addr: number,
-  length: number,
-  access: number,
+  target: { guest: EngineGuest; qp: EngineQp },
+  access: { rkey: number; addr: number; length: number; need: number },
 ): { mr: EngineMr } | string {
+  const { rkey, addr, length, need } = access;
   const found = host.mr(rkey);
   if (found === undefined) return `rkey 0x${rkey.toString(16)} is not a live MR`;
   const mr = found.mr;
-  if (found.guest !== destGuest || mr.rkey !== rkey) {
+  if (found.guest !== target.guest || mr.rkey !== rkey) {
     return `rkey 0x${rkey.toString(16)} is not the target's`;
   }
-  if (mr.pd !== dest.pd) return `rkey 0x${rkey.toString(16)} is in another PD`;
-  if ((mr.access & access) === 0) return `MR lacks access 0x${access.toString(16)}`;
-  if ((dest.qpAccessFlags & access) === 0) {
-    return `QP 0x${dest.qpNum.toString(16)} does not allow access 0x${access.toString(16)}`;
+  if (mr.pd !== target.qp.pd) return `rkey 0x${rkey.toString(16)} is in another PD`;
+  if ((mr.access & need) === 0) return `MR lacks access 0x${need.toString(16)}`;
+  if ((target.qp.qpAccessFlags & need) === 0) {
+    return `QP 0x${target.qp.qpNum.toString(16)} does not allow access 0x${need.toString(16)}`;
   }
   if (!(addr >= mr.addr && addr + length <= mr.addr + mr.length)) {
     return `0x${addr.toString(16)}+${length} is outside the MR`;
