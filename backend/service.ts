@@ -18,8 +18,8 @@ import { managementPath, ManagementServer } from "./management.ts";
 
 /** Socket file name used when no `--socket` is given (in the current directory). */
 export const DEFAULT_SOCKET = "vrdma.sock";
-/** RoCEv2's UDP port. */
-export const ROCE_PORT = 4791;
+export { ROCE_PORT } from "./roce/ipv4.ts";
+import { ROCE_PORT } from "./roce/ipv4.ts";
 
 /** How to start a backend. Everything is optional. */
 export interface BackendOptions {

@@ -23,10 +23,7 @@
 import { crc32 } from "node:zlib";
 import { BTH_BYTES, ICRC_BYTES } from "./opcodes.ts";
 
-/** The RoCEv2 UDP destination port. */
-export const ROCE_UDP_PORT = 4791;
-/** IPv4 flags/fragment word with only Don't Fragment set, as rxe sends. */
-export const IPV4_DONT_FRAGMENT = 0x4000;
+import { IPV4_DF, ROCE_PORT } from "./ipv4.ts";
 
 /**
  * What the ICRC needs from the IPv4 and UDP headers around a RoCE packet.
@@ -34,35 +31,18 @@ export const IPV4_DONT_FRAGMENT = 0x4000;
  * bytes without options, UDP 8, then BTH to ICRC).
  */
 export interface IcrcFlow {
-  /** IPv4 source address as a 32-bit number (see {@linkcode ipv4Address}). */
+  /** IPv4 source address as a 32-bit number (see `parseIpv4` in ipv4.ts). */
   readonly srcIp: number;
   /** IPv4 destination address as a 32-bit number. */
   readonly dstIp: number;
   /** IPv4 Identification; default 0 (what a DF socket with PMTUDISC_DO sends). */
   readonly ipId?: number;
-  /** IPv4 flags and fragment offset word; default {@linkcode IPV4_DONT_FRAGMENT}. */
+  /** IPv4 flags and fragment offset word; default {@linkcode IPV4_DF}. */
   readonly ipFlags?: number;
   /** UDP source port. */
   readonly srcPort: number;
-  /** UDP destination port; default {@linkcode ROCE_UDP_PORT}. */
+  /** UDP destination port; default {@linkcode ROCE_PORT}. */
   readonly dstPort?: number;
-}
-
-/**
- * A dotted IPv4 address as the 32-bit number {@linkcode IcrcFlow} wants.
- *
- * @example
- * ```ts
- * import { ipv4Address } from "./icrc.ts";
- * if (ipv4Address("127.0.0.2") !== 0x7f000002) throw new Error("address");
- * ```
- */
-export function ipv4Address(dotted: string): number {
-  const parts = dotted.split(".");
-  if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) {
-    throw new SyntaxError(`"${dotted}" is not a dotted IPv4 address`);
-  }
-  return parts.reduce((value, part) => value * 256 + Number(part), 0);
 }
 
 const LRH_BYTES = 8;
@@ -100,14 +80,14 @@ function maskHeaders(flow: IcrcFlow, roce: Uint8Array, ipId: number): void {
   v.setUint8(IP_AT + 1, 0xff); // TOS masked
   v.setUint16(IP_AT + 2, IPV4_BYTES + UDP_BYTES + roce.byteLength);
   v.setUint16(IP_AT + 4, ipId);
-  v.setUint16(IP_AT + 6, flow.ipFlags ?? IPV4_DONT_FRAGMENT);
+  v.setUint16(IP_AT + 6, flow.ipFlags ?? IPV4_DF);
   v.setUint8(IP_AT + 8, 0xff); // TTL masked
   v.setUint8(IP_AT + 9, 17); // UDP
   v.setUint16(IP_AT + 10, 0xffff); // header checksum masked
   v.setUint32(IP_AT + 12, flow.srcIp);
   v.setUint32(IP_AT + 16, flow.dstIp);
   v.setUint16(UDP_AT, flow.srcPort);
-  v.setUint16(UDP_AT + 2, flow.dstPort ?? ROCE_UDP_PORT);
+  v.setUint16(UDP_AT + 2, flow.dstPort ?? ROCE_PORT);
   v.setUint16(UDP_AT + 4, UDP_BYTES + roce.byteLength);
   v.setUint16(UDP_AT + 6, 0xffff); // UDP checksum masked
   scratch.set(roce.subarray(0, BTH_BYTES), BTH_AT);

@@ -86,8 +86,8 @@ export {
   parseIpv4,
 };
 
-/** The RoCEv2 UDP destination port. */
-export const ROCE_PORT = 4791;
+export { ROCE_PORT } from "./ipv4.ts";
+import { ROCE_PORT } from "./ipv4.ts";
 
 /** Counters of a transport; they only grow, except `sourceSockets`. */
 export interface TransportStats extends SocketStats {

@@ -5,7 +5,8 @@
  * Debian packages; without them these tests are skipped, saying why.
  */
 import assert from "node:assert/strict";
-import { ipv4Address, recoverIpIds } from "../../../backend/roce/icrc.ts";
+import { recoverIpIds } from "../../../backend/roce/icrc.ts";
+import { parseIpv4 } from "../../../backend/roce/ipv4.ts";
 import { Header, OPCODES } from "../../../backend/roce/opcodes.ts";
 import { buildPacket, type PacketFields } from "../../../backend/roce/packet.ts";
 import { ipv4Datagram, pcapFile } from "./fixtures/pcap.ts";
@@ -47,8 +48,8 @@ function packets(seed: number, ipIds: (i: number) => number): Sent[] {
   for (const info of OPCODES) {
     for (const maxPayload of [40, 0, 4096]) {
       const flow = {
-        srcIp: ipv4Address("10.99.0.1"),
-        dstIp: ipv4Address("10.99.0.2"),
+        srcIp: parseIpv4("10.99.0.1"),
+        dstIp: parseIpv4("10.99.0.2"),
         ipId: ipIds(sent.length),
         ipFlags: 0x4000,
         srcPort: 0xc000 | rng.int(0x4000),
