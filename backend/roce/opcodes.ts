@@ -9,7 +9,7 @@
  * A second table says which work-request opcodes each QP type accepts and
  * which wire opcodes carry them.
  *
- * Layouts and numbers: /work/shared/WIRE.md.
+ * Layouts and numbers: shared/WIRE.md (beside the checkout).
  *
  * @module
  */

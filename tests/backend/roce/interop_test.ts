@@ -1,6 +1,6 @@
 /**
  * Our packets against independent decoders: scapy's RoCE layer must agree
- * with every ICRC (/work/shared/interop/icrc_check.py) and tshark must
+ * with every ICRC (shared/interop/icrc_check.py, beside the checkout) and tshark must
  * decode every opcode and header field as InfiniBand. Both tools come from
  * Debian packages; without them these tests are skipped, saying why.
  */
@@ -13,7 +13,8 @@ import { ipv4Datagram, pcapFile } from "./fixtures/pcap.ts";
 import { randomFields, Rng } from "./fixtures/random.ts";
 
 const PYTHON = "/usr/bin/python3";
-const ICRC_CHECK = "/work/shared/interop/icrc_check.py";
+// shared/ sits beside the checkout, here and in CI.
+const ICRC_CHECK = new URL("../../../../shared/interop/icrc_check.py", import.meta.url).pathname;
 
 async function runs(cmd: string, args: string[]): Promise<boolean> {
   try {
