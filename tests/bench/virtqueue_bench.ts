@@ -18,7 +18,8 @@
  * (`foreignCores`): on a two-core machine two busy pollers need both cores,
  * and a measurement that shared them is marked `disturbed` and left out of
  * the summary as long as undisturbed ones of its kind exist. The summary
- * takes the median of each kind's remaining rounds.
+ * takes the median of each kind's remaining measurements, and as the ratio
+ * the median of the per-round ratios of undisturbed rounds.
  *
  * Output: one JSON line per measurement, then a summary line.
  *
@@ -251,6 +252,7 @@ if (import.meta.main) {
         mbPerSec: round2(mb(m.msgsPerSec)),
         messages: m.messages,
         seconds: round2(m.seconds),
+        avgBatch: round2(m.avgBatch),
         foreignCores: round2(m.foreignCores),
         disturbed: m.foreignCores > DISTURBED_CORES,
         batch: o.batch,
@@ -262,25 +264,35 @@ if (import.meta.main) {
   if (only !== undefined) Deno.exit(0); // no ratio without both kinds
   // Measurements during which other processes took a core's worth of time
   // measure the scheduler, not the code: leave them out while any clean ones remain.
-  const clean = (rs: Result[]): Result[] => {
-    const quiet = rs.filter((r) => r.foreignCores <= DISTURBED_CORES);
-    return quiet.length > 0 ? quiet : rs;
-  };
+  const quiet = (r: Result): boolean => r.foreignCores <= DISTURBED_CORES;
+  const clean = (rs: Result[]): Result[] => rs.some(quiet) ? rs.filter(quiet) : rs;
   const vq = clean(results.virtqueue), raw = clean(results.raw);
   const ours = median(vq.map((r) => r.msgsPerSec)), base = median(raw.map((r) => r.msgsPerSec));
-  // True only when every round of a kind was disturbed: then the figures are suspect.
-  const disturbed = [...vq, ...raw].some((r) => r.foreignCores > DISTURBED_CORES);
+  // The ratio pairs the two measurements of each round: they ran seconds
+  // apart, so drifts of the machine (the VM's cores moving between host
+  // cores changes both figures two- to three-fold, measured) mostly cancel.
+  const ratios: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const v = results.virtqueue[i]!, r = results.raw[i]!;
+    if (quiet(v) && quiet(r)) ratios.push(v.msgsPerSec / r.msgsPerSec);
+  }
+  const ratio = ratios.length > 0 ? median(ratios) : ours / base;
+  // True when a figure below rests on disturbed measurements: then it is suspect.
+  const disturbed = ratios.length === 0;
   console.log(JSON.stringify({
     bench: "virtqueue",
     chainsPerSec: Math.round(ours),
     mbPerSec: round2(mb(ours)),
     baselineMsgsPerSec: Math.round(base),
     baselineMbPerSec: round2(mb(base)),
-    ratio: round2(ours / base),
+    ratio: round2(ratio),
     batch: o.batch,
     queueSize: o.size,
     payloadBytes: PAYLOAD,
-    stat: `median of ${vq.length} virtqueue and ${raw.length} raw rounds of ${rounds}`,
+    stat: `medians of ${vq.length} virtqueue and ${raw.length} raw measurements; ratio: ` +
+      (ratios.length > 0
+        ? `median of the ${ratios.length} rounds where neither was disturbed`
+        : "of the medians (every round disturbed)"),
     disturbed,
   }));
 }
