@@ -12,11 +12,7 @@
 
 import type { GuestMemory } from "../virtqueue/memory.ts";
 import type { EventFd } from "../virtqueue/sys/eventfd.ts";
-import {
-  DOORBELL_AWAKE,
-  DOORBELL_SUMMARY,
-  doorbellLayout,
-} from "../protocol/device_interface.ts";
+import { DOORBELL_AWAKE, DOORBELL_SUMMARY, doorbellLayout } from "../protocol/device_interface.ts";
 
 /** Rings the device for one queue at a time. */
 export class Doorbell {

@@ -9,8 +9,10 @@
  * so a driver rewriting the table afterwards changes nothing.
  *
  * {@linkcode ChainReader} and {@linkcode ChainWriter} copy across the
- * scattered buffers and go through `GuestMemory` again on every access, so
- * the address check happens at the moment of use, not only at parse time.
+ * scattered buffers and ask `GuestMemory` again on every access, so the
+ * address check happens at the moment of use, not only at parse time. The
+ * region each buffer lies in is kept from the parse (regions never change),
+ * so that check is one `contains` call and the copy needs no region search.
  *
  * A chain object is reusable: the device fills the same one for every chain
  * it pops in a hot loop, so nothing is allocated per chain.
@@ -18,7 +20,7 @@
  * @module
  */
 
-import { type GuestMemory, GuestMemoryError } from "./memory.ts";
+import { type GuestMemory, GuestMemoryError, type GuestRegion } from "./memory.ts";
 import { VirtqueueError } from "./errors.ts";
 import {
   DESC_SIZE,
@@ -70,6 +72,8 @@ export class DescriptorChain {
   #writableBytes = 0;
   #addrs: Float64Array;
   #lens: Uint32Array;
+  /** The region each buffer was found in at fill time. */
+  #regions: (GuestRegion | null)[];
   readonly #reader: ChainReader;
   readonly #writer: ChainWriter;
 
@@ -78,6 +82,7 @@ export class DescriptorChain {
     const cap = Math.max(1, Math.floor(capacity));
     this.#addrs = new Float64Array(cap);
     this.#lens = new Uint32Array(cap);
+    this.#regions = new Array<GuestRegion | null>(cap).fill(null);
     this.#reader = new ChainReader(this);
     this.#writer = new ChainWriter(this);
   }
@@ -126,6 +131,16 @@ export class DescriptorChain {
   /** Length of buffer `i` (undefined past {@linkcode DescriptorChain.count}). */
   len(i: number): number {
     return this.#lens[i]!;
+  }
+
+  /**
+   * The guest memory region buffer `i` lies in, as found when the chain was
+   * filled (undefined past {@linkcode DescriptorChain.count}). Copies still
+   * ask {@linkcode GuestMemory.contains} at the moment of access; this only
+   * spares them the search for the region.
+   */
+  region(i: number): GuestRegion {
+    return this.#regions[i]!;
   }
 
   /** True when buffer `i` is device-writable. */
@@ -195,7 +210,9 @@ export class DescriptorChain {
       const hi = table.getUint32(h + 4, true);
       const addr = toAddr(hi, table.getUint32(h, true));
       const len = table.getUint32(h + 8, true);
-      if (!mem.contains(addr, len)) throw VirtqueueError.address(head, addr, len);
+      const r = mem.regionOf(addr, len);
+      if (r === null) throw VirtqueueError.address(head, addr, len);
+      this.#regions[0] = r;
       this.#addrs[0] = addr;
       this.#lens[0] = len;
       this.#count = 1;
@@ -234,7 +251,9 @@ export class DescriptorChain {
     }
     for (let k = 0; k < this.#count; k++) {
       const a = this.#addrs[k]!, l = this.#lens[k]!;
-      if (!mem.contains(a, l)) throw VirtqueueError.address(head, a, l);
+      const r = mem.regionOf(a, l);
+      if (r === null) throw VirtqueueError.address(head, a, l);
+      this.#regions[k] = r;
     }
   }
 
@@ -306,6 +325,7 @@ export class DescriptorChain {
     lens.set(this.#lens);
     this.#addrs = addrs;
     this.#lens = lens;
+    this.#regions = this.#regions.concat(new Array<GuestRegion | null>(lens.length / 2).fill(null));
   }
 }
 
@@ -313,13 +333,6 @@ function accessError(chain: DescriptorChain, e: unknown, addr: number, len: numb
   return e instanceof GuestMemoryError
     ? VirtqueueError.address(chain.head, addr, len, { cause: e })
     : e;
-}
-
-/** One region of guest memory as a DataView, for word-by-word copies. */
-interface RegionView {
-  readonly start: number;
-  readonly end: number;
-  readonly view: DataView;
 }
 
 /**
@@ -331,42 +344,15 @@ interface RegionView {
  */
 const SMALL_COPY = 256;
 
-const regionViewCache = new WeakMap<GuestMemory, readonly RegionView[]>();
-
-function regionViewsOf(mem: GuestMemory): readonly RegionView[] {
-  let views = regionViewCache.get(mem);
-  if (views === undefined) {
-    views = mem.regions.map((r): RegionView => {
-      const b = mem.bytes(r.guestAddr, r.size);
-      return {
-        start: r.guestAddr,
-        end: r.guestAddr + r.size,
-        view: new DataView(b.buffer, b.byteOffset, b.byteLength),
-      };
-    });
-    regionViewCache.set(mem, views);
-  }
-  return views;
-}
-
 /**
- * Finds the region view for `[addr, addr + n)`, after asking `mem` itself
- * whether the range is guest memory: the check at the moment of access
- * stays GuestMemory's.
+ * The region of buffer `seg` when `[addr, addr + n)` (inside that buffer) is
+ * still guest memory by `GuestMemory`'s own answer at this moment; throws
+ * the `address` error otherwise. The check stays GuestMemory's, the region
+ * comes from the parse instead of a search.
  */
-function regionFor(
-  chain: DescriptorChain,
-  regions: readonly RegionView[],
-  addr: number,
-  n: number,
-): RegionView {
-  if (chain.memory.contains(addr, n)) {
-    for (let i = 0; i < regions.length; i++) {
-      const r = regions[i]!;
-      if (addr >= r.start && addr + n <= r.end) return r;
-    }
-  }
-  throw VirtqueueError.address(chain.head, addr, n);
+function regionAt(chain: DescriptorChain, seg: number, addr: number, n: number): GuestRegion {
+  if (!chain.memory.contains(addr, n)) throw VirtqueueError.address(chain.head, addr, n);
+  return chain.region(seg);
 }
 
 /**
@@ -406,12 +392,10 @@ function copyWordsInt(
   for (; s < end; s = (s + 1) | 0, d = (d + 1) | 0) to.setUint8(d, from.getUint8(s));
 }
 
-/** Caches a DataView of the caller's last array and the region views of the chain's memory. */
+/** Caches a DataView of the caller's last array. */
 class CopyCache {
   #bytes: Uint8Array | null = null;
   #view: DataView | null = null;
-  #mem: GuestMemory | null = null;
-  #regions: readonly RegionView[] = [];
 
   viewOf(bytes: Uint8Array): DataView {
     if (bytes !== this.#bytes || this.#view === null) {
@@ -419,14 +403,6 @@ class CopyCache {
       this.#bytes = bytes;
     }
     return this.#view;
-  }
-
-  regions(mem: GuestMemory): readonly RegionView[] {
-    if (mem !== this.#mem) {
-      this.#regions = regionViewsOf(mem);
-      this.#mem = mem;
-    }
-    return this.#regions;
   }
 }
 
@@ -491,7 +467,7 @@ export class ChainReader {
       want <= SMALL_COPY && seg < chain.readableCount && chain.len(seg) - this.#off >= want
     ) {
       const addr = chain.addr(seg) + this.#off;
-      const r = regionFor(chain, this.#cache.regions(chain.memory), addr, want);
+      const r = regionAt(chain, seg, addr, want);
       copyWords(r.view, addr - r.start, this.#cache.viewOf(dst), 0, want);
       this.#off += want;
       this.#pos += want;
@@ -523,7 +499,7 @@ export class ChainReader {
       if (dst !== null) {
         const addr = chain.addr(this.#seg) + this.#off;
         if (n <= SMALL_COPY) {
-          const r = regionFor(chain, this.#cache.regions(chain.memory), addr, n);
+          const r = regionAt(chain, this.#seg, addr, n);
           copyWords(r.view, addr - r.start, this.#cache.viewOf(dst), done, n);
         } else {
           let src: Uint8Array;
@@ -602,7 +578,7 @@ export class ChainWriter {
     // Fast path: a small write that the current buffer takes alone.
     if (want <= SMALL_COPY && seg < chain.count && chain.len(seg) - this.#off >= want) {
       const addr = chain.addr(seg) + this.#off;
-      const r = regionFor(chain, this.#cache.regions(chain.memory), addr, want);
+      const r = regionAt(chain, seg, addr, want);
       copyWords(this.#cache.viewOf(src), 0, r.view, addr - r.start, want);
       this.#off += want;
       this.#pos += want;
@@ -637,7 +613,7 @@ export class ChainWriter {
       if (src !== null) {
         const addr = chain.addr(this.#seg) + this.#off;
         if (n <= SMALL_COPY) {
-          const r = regionFor(chain, this.#cache.regions(chain.memory), addr, n);
+          const r = regionAt(chain, this.#seg, addr, n);
           copyWords(this.#cache.viewOf(src), done, r.view, addr - r.start, n);
         } else {
           let dst: Uint8Array;

@@ -235,8 +235,12 @@ export class DeviceQueue {
     const rings = this.#bind(mem);
     if (rings === null) return;
     const o = 4 + 8 * (this.#usedIdx & this.#mask);
-    rings.used.setUint32(o, head, true);
-    rings.used.setUint32(o + 4, len, true);
+    // Stored only when changed: a driver recycling descriptors in order gets
+    // the same entry every lap, and an unchanged line stays shared with the
+    // driver that reads it instead of moving back to this core.
+    const used = rings.used;
+    if (used.getUint32(o, true) !== head) used.setUint32(o, head, true);
+    if (used.getUint32(o + 4, true) !== len) used.setUint32(o + 4, len, true);
     this.#usedIdx = (this.#usedIdx + 1) & 0xffff;
   }
 

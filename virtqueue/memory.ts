@@ -42,6 +42,22 @@ export interface MemoryRegion {
   buffer: ArrayBufferLike;
 }
 
+/**
+ * One region of guest memory as views over all of it. A `GuestMemory` hands
+ * out the same object for a region every time (regions never change after
+ * construction), so a caller may keep it and copy at integer offsets.
+ */
+export interface GuestRegion {
+  /** Guest address of the region's first byte. */
+  readonly start: number;
+  /** Guest address one past the region's last byte. */
+  readonly end: number;
+  /** A DataView over the whole region (offset 0 is guest address `start`). */
+  readonly view: DataView;
+  /** A Uint8Array over the whole region (index 0 is guest address `start`). */
+  readonly bytes: Uint8Array;
+}
+
 interface MappedRegion {
   start: number;
   end: number;
@@ -133,13 +149,37 @@ export class GuestMemory {
   }
 
   /**
+   * The region holding all of `[addr, addr + length)`, or null when the range
+   * is not guest memory. Never throws and allocates nothing. It does not
+   * replace the check at the moment of access: callers that keep the region
+   * still ask {@linkcode GuestMemory.contains} before each copy.
+   *
+   * @example
+   * ```ts
+   * import { GuestMemory } from "./memory.ts";
+   * const mem = GuestMemory.fromBuffer(new SharedArrayBuffer(4096), 0x10000);
+   * const r = mem.regionOf(0x10010, 4)!;
+   * r.view.setUint32(0x10010 - r.start, 5, true);
+   * if (mem.u32(0x10010) !== 5 || mem.regionOf(0x10ffe, 4) !== null) throw new Error("wrong region");
+   * ```
+   */
+  regionOf(addr: number, length: number): GuestRegion | null {
+    return this.#find(addr, length) ?? null;
+  }
+
+  /**
    * Returns the region holding `[addr, addr + length)` and the offset in it.
    * Zero-length ranges are valid anywhere inside or at the end of a region.
    */
   #find(addr: number, length: number): MappedRegion | undefined {
     // Guest values are hostile: reject NaN, fractions, negatives and overflow
     // before any arithmetic can wrap.
-    if (!(addr >= 0 && length >= 0 && Number.isSafeInteger(addr + length))) return undefined;
+    // Integers below 2^32 (nearly every access) pass with two integer tests;
+    // anything else takes the full safe-integer check.
+    if (
+      ((addr >>> 0) !== addr || (length >>> 0) !== length) &&
+      !(addr >= 0 && length >= 0 && Number.isSafeInteger(addr + length))
+    ) return undefined;
     const last = this.#last;
     if (addr >= last.start && addr + length <= last.end) return last;
     for (const r of this.#regions) {

@@ -329,3 +329,33 @@ Deno.test("interrupt suppression without EVENT_IDX uses the NO_INTERRUPT flag", 
   assert.deepEqual(q.popUsed(mem), { id: h, len: 0 });
   assert.equal(q.enableInterrupts(mem), false);
 });
+
+Deno.test("popUsedBatch takes every used entry at once, recycling each chain", () => {
+  const { mem, layout, q } = setup(8);
+  const heads = [0, 1, 2].map((i) => q.add(mem, [], [{ addr: BASE + 0x2000 + i * 64, len: 64 }]));
+  q.publish(mem);
+  deviceUses(mem, layout, heads[2]!, 10);
+  deviceUses(mem, layout, heads[0]!, 20);
+  const ids = new Uint32Array(8), lens = new Uint32Array(8);
+  assert.equal(q.popUsedBatch(mem, ids, lens), 2);
+  assert.deepEqual([...ids.subarray(0, 2)], [heads[2], heads[0]]);
+  assert.deepEqual([...lens.subarray(0, 2)], [10, 20]);
+  assert.equal(q.numFree, 7, "two chains recycled, one still out");
+  assert.equal(q.popUsedBatch(mem, ids, lens), 0, "nothing more");
+  assert.throws(() => q.popUsedBatch(mem, ids, new Uint32Array(2)), RangeError);
+});
+
+Deno.test("popUsedBatch stops before a bad entry; the next call reports it and changes nothing", () => {
+  const { mem, layout, q } = setup(8);
+  const a = q.add(mem, [], [{ addr: BASE + 0x2000, len: 64 }]);
+  q.add(mem, [], [{ addr: BASE + 0x2100, len: 64 }]);
+  q.publish(mem);
+  deviceUses(mem, layout, a, 8);
+  deviceUses(mem, layout, 7, 0); // never handed out
+  const ids = new Uint32Array(4);
+  assert.equal(q.popUsedBatch(mem, ids), 1, "the good entry before the bad one");
+  assert.equal(ids[0], a);
+  const before = q.state;
+  assert.throws(() => q.popUsedBatch(mem, ids), isKind("used-id"));
+  assert.deepEqual(q.state, before, "a refused batch changes nothing");
+});
