@@ -72,6 +72,27 @@ async function run(init: WorkerInit): Promise<void> {
   const epoll = Epoll.create();
   epoll.add(control.fd, CONTROL_TOKEN);
   const guests = new Map<number, GuestDevice>();
+  // Guests whose service threw: quarantined (NEEDS_RESET) until they reset or
+  // leave. Hostile input is meant to be caught below this; this is the last
+  // line, so one guest can never stop the data plane for the others.
+  const quarantined = new Set<number>();
+  const serve = (guest: GuestDevice, work: (g: GuestDevice) => boolean): boolean => {
+    if (quarantined.has(guest.id)) return false;
+    try {
+      return work(guest);
+    } catch (e) {
+      quarantined.add(guest.id);
+      counters.add("brokenQueues");
+      post({
+        notice: "broken",
+        guest: guest.id,
+        queue: -1,
+        error: `data plane failure, guest quarantined: ${(e as Error)?.stack ?? e}`,
+      });
+      return false;
+    }
+  };
+  const service = (g: GuestDevice) => g.service();
   // QPNs and memory keys are unique across every guest of this backend.
   const hostTables = new HostTables();
   const engine = new VerbsEngine(hostView(hostTables, init.ip, (id) => guests.get(id)), counters);
@@ -115,7 +136,7 @@ async function run(init: WorkerInit): Promise<void> {
         const kick = guest.setKick(cmd.index, cmd.fd);
         epoll.add(kick.fd, cmd.guest);
         // A kick may have come before the fd was watched.
-        guest.service();
+        serve(guest, service);
         return undefined;
       }
       case "setCall":
@@ -128,6 +149,7 @@ async function run(init: WorkerInit): Promise<void> {
         guest.postEvent({ type: EventType.DEVICE_FATAL, element: 0, info: cmd.errno });
         return undefined;
       case "removeGuest":
+        quarantined.delete(cmd.guest);
         for (const fd of guest.kickFds) epoll.remove(fd);
         guest.destroy();
         guests.delete(cmd.guest);
@@ -153,7 +175,7 @@ async function run(init: WorkerInit): Promise<void> {
       // guest may have rung the doorbell just before it saw the flag drop.
       setAwake(false);
       let worked = false;
-      for (const g of guests.values()) worked = g.service() || worked;
+      for (const g of guests.values()) worked = serve(g, service) || worked;
       if (worked) {
         spinUntil = performance.now() + SPIN_MS;
         setAwake(true);
@@ -177,13 +199,22 @@ async function run(init: WorkerInit): Promise<void> {
       }
       const guest = guests.get(token);
       if (guest === undefined) continue;
-      guest.drainKicks();
-      worked = guest.service() || worked;
+      worked = serve(guest, (g) => (g.drainKicks(), g.service())) || worked;
     }
     if (spinning) {
-      for (const g of guests.values()) worked = g.service() || worked;
+      for (const g of guests.values()) worked = serve(g, service) || worked;
     }
-    if (due !== Infinity) engine.runTimers();
+    if (due !== Infinity) {
+      try {
+        engine.runTimers();
+      } catch (e) {
+        post({
+          notice: "log",
+          level: "error",
+          message: `engine timers: ${(e as Error)?.stack ?? e}`,
+        });
+      }
+    }
     while (expected > 0) {
       const cmd = await nextCommand();
       expected--;
