@@ -16,6 +16,9 @@ import { CQ_ARM_BYTES, CqArm, CQE_BYTES } from "../protocol/verbs.ts";
 import { VerbsError } from "./errors.ts";
 import type { CqInit, VerbsDevice, WorkCompletion } from "./types.ts";
 import { ringEntries, WorkQueue } from "./work_queue.ts";
+
+/** Slots one virtqueue can hold (VIRTIO 1.2, 2.7). */
+const MAX_RING = 0x8000;
 import { decodeCqe } from "./wqe.ts";
 
 /**
@@ -32,12 +35,19 @@ import { decodeCqe } from "./wqe.ts";
 export class Cq {
   /** Handle (per guest). */
   readonly handle: number;
-  /** Completions it holds: the ring size, a power of two >= the requested `cqe`. */
+  /** Completions it holds: its slots, a power of two >= the requested `cqe`. */
   readonly cqe: number;
-  /** Doorbell queue id of its ring. */
+  /** Doorbell queue id of its (first) ring. */
   readonly queueId: number;
   readonly #dev: VerbsDevice;
-  readonly #wq: WorkQueue;
+  /**
+   * Its rings: one, or two for a CQ above 32768 entries (the most a
+   * virtqueue holds). With two, completion k is in ring k mod 2.
+   */
+  readonly #wqs: WorkQueue[];
+  readonly #queueIds: number[];
+  /** Completions taken so far: picks the ring the next one is in. */
+  #taken = 0;
   readonly #armAddr: number;
   readonly #what: string;
   /** SQs, RQs and SRQs whose completions land here, reaped when polling (with use counts). */
@@ -52,13 +62,14 @@ export class Cq {
   /** @internal use `dev.createCq`. */
   constructor(
     dev: VerbsDevice,
-    parts: { handle: number; queueId: number; wq: WorkQueue; armAddr: number },
+    parts: { handle: number; queueIds: number[]; wqs: WorkQueue[]; armAddr: number },
   ) {
     this.#dev = dev;
     this.handle = parts.handle;
-    this.queueId = parts.queueId;
-    this.#wq = parts.wq;
-    this.cqe = parts.wq.size;
+    this.queueId = parts.queueIds[0]!;
+    this.#queueIds = parts.queueIds;
+    this.#wqs = parts.wqs;
+    this.cqe = parts.wqs.reduce((n, wq) => n + wq.size, 0);
     this.#armAddr = parts.armAddr;
     this.#what = `CQ ${parts.handle}`;
     this.#unsubscribe = [
@@ -80,36 +91,47 @@ export class Cq {
     if (typeof cqe !== "number" || !Number.isInteger(cqe) || cqe < 1 || cqe > maxCqe) {
       throw new VerbsError("EINVAL", `cqe ${cqe} is not an integer in 1..${maxCqe}`);
     }
-    const wq = WorkQueue.create(
-      dev,
-      { entries: ringEntries(cqe), slotBytes: CQE_BYTES, writable: true },
-      `CQ of ${cqe} entries`,
-    );
+    // A virtqueue holds at most 32768 slots: a larger CQ gets two equal rings.
+    const split = cqe > MAX_RING;
+    const wqs: WorkQueue[] = [];
     let armAddr: number;
     try {
+      for (let i = 0; i < (split ? 2 : 1); i++) {
+        wqs.push(WorkQueue.create(
+          dev,
+          {
+            entries: ringEntries(split ? Math.ceil(cqe / 2) : cqe),
+            slotBytes: CQE_BYTES,
+            writable: true,
+          },
+          `CQ of ${cqe} entries`,
+        ));
+      }
       armAddr = dev.allocator.alloc(CQ_ARM_BYTES, 8);
     } catch (e) {
-      wq.release();
+      for (const wq of wqs) wq.release();
+      if (e instanceof VerbsError) throw e;
       throw new VerbsError("ENOMEM", `no guest memory for a CQ arm word`, { cause: e });
     }
     dev.memory.fill(armAddr, CQ_ARM_BYTES);
-    // Stocked before the device knows the ring: it finds every slot ready.
-    for (let i = 0; i < wq.size; i++) wq.post(CQE_BYTES);
-    wq.publish();
+    // Stocked before the device knows the rings: it finds every slot ready.
+    for (const wq of wqs) {
+      for (let i = 0; i < wq.size; i++) wq.post(CQE_BYTES);
+      wq.publish();
+    }
     let result: Record<string, unknown>;
     try {
-      result = await dev.command(Op.CREATE_CQ, { cqe, ring: wq.ring, armAddr });
+      const args: Record<string, unknown> = { cqe, ring: wqs[0]!.ring, armAddr };
+      if (split) args.ring2 = wqs[1]!.ring;
+      result = await dev.command(Op.CREATE_CQ, args);
     } catch (e) {
-      wq.release();
+      for (const wq of wqs) wq.release();
       dev.allocator.free(armAddr);
       throw e;
     }
-    return new Cq(dev, {
-      handle: result.cq as number,
-      queueId: result.queue as number,
-      wq,
-      armAddr,
-    });
+    const queueIds = [result.queue as number];
+    if (split) queueIds.push(result.queue2 as number);
+    return new Cq(dev, { handle: result.cq as number, queueIds, wqs, armAddr });
   }
 
   /** @internal the device it belongs to. */
@@ -144,11 +166,13 @@ export class Cq {
     if (!Number.isInteger(max) || max < 1) {
       throw new VerbsError("EINVAL", `poll(${max}): the number of completions must be >= 1`);
     }
-    const wq = this.#wq;
+    const wqs = this.#wqs;
+    const mask = wqs.length - 1;
     const out: WorkCompletion[] = [];
     let taken = 0;
     let error: unknown = null;
     while (out.length < max) {
+      const wq = wqs[this.#taken & mask]!;
       let id: number;
       try {
         id = wq.popUsed(this.#what);
@@ -158,6 +182,7 @@ export class Cq {
       }
       if (id < 0) break;
       taken++;
+      this.#taken++;
       // A slot the device could not write comes back with fewer bytes: it
       // holds an older CQE or nothing, and no WR id to report.
       if (wq.usedLen >= CQE_BYTES) out.push(decodeCqe(wq.slots, id * CQE_BYTES));
@@ -165,7 +190,9 @@ export class Cq {
       wq.post(CQE_BYTES);
     }
     if (taken > 0) {
-      if (wq.publish()) this.#dev.ring(this.queueId);
+      wqs.forEach((wq, i) => {
+        if (wq.publish()) this.#dev.ring(this.#queueIds[i]!);
+      });
       this.#reap();
     }
     // A broken ring is reported once the completions read before it are out.
@@ -306,7 +333,7 @@ export class Cq {
     this.#destroyed = true;
     for (const off of this.#unsubscribe) off();
     this.#rejectAll(new VerbsError("EINVAL", `${this.#what} was destroyed`));
-    this.#wq.release();
+    for (const wq of this.#wqs) wq.release();
     this.#dev.allocator.free(this.#armAddr);
   }
 

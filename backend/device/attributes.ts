@@ -14,10 +14,8 @@ export const DEVICE_LIMITS = {
   maxSge: 16,
   maxSgeRd: 16,
   maxCq: 16384,
-  // Each CQE needs its own slot in the CQ's virtqueue, and a split virtqueue
-  // holds at most 32768 entries (VIRTIO 1.2, 2.7): that bounds a CQ. (rxe's
-  // own limit is 32767.)
-  maxCqe: 32768,
+  // Above 32768 (the most slots a virtqueue holds) a CQ takes two rings.
+  maxCqe: 65536,
   maxMr: 65536,
   maxPd: 65536,
   maxQpRdAtom: 128,

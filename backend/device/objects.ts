@@ -60,6 +60,10 @@ export interface Cq extends ObjectBase {
   readonly queue: DeviceQueue;
   /** Its doorbell queue id. */
   readonly queueId: number;
+  /** A CQ above 32768 entries: the second ring, taking every odd completion. */
+  readonly queue2: DeviceQueue | null;
+  /** Doorbell queue id of `queue2`. */
+  readonly queueId2: number | null;
   /** Guest address of the arm word and overrun counter ({@linkcode CqArm}). */
   readonly armAddr: number;
 }

@@ -39,6 +39,8 @@ const slot = new Uint8Array(CQE_BYTES);
 const view = new DataView(slot.buffer);
 const chain = new DescriptorChain(2);
 const overrun = new WeakSet<EngineCq>();
+/** Completions written to each two-ring CQ: the next goes to ring (count & 1). */
+const written = new WeakMap<EngineCq, number>();
 
 /**
  * Writes `c` into the next slot of `cq`. Returns false when the CQ had no
@@ -51,7 +53,9 @@ export function complete(
   counters: Counters,
 ): boolean {
   const mem = guest.memory;
-  if (overrun.has(cq) || cq.queue.broken || !cq.queue.popInto(mem, chain)) {
+  const count = cq.queue2 === null ? 0 : written.get(cq) ?? 0;
+  const queue = (count & 1) === 0 ? cq.queue : cq.queue2!;
+  if (overrun.has(cq) || queue.broken || !queue.popInto(mem, chain)) {
     // Counted before the event, so whoever the event wakes sees the count.
     counters.add("cqOverruns");
     if (!overrun.has(cq)) {
@@ -78,17 +82,18 @@ export function complete(
   view.setUint8(Cqe.SL, 0);
   view.setUint8(Cqe.DLID_PATH_BITS, 0);
   view.setUint32(Cqe.SLID, 0, true);
-  let written = 0;
+  let bytes = 0;
   if (chain.writableBytes >= CQE_BYTES) {
     try {
       chain.writer.write(slot);
-      written = CQE_BYTES;
+      bytes = CQE_BYTES;
     } catch {
-      written = 0; // a slot outside guest memory: the driver sees an empty entry
+      bytes = 0; // a slot outside guest memory: the driver sees an empty entry
     }
   }
-  cq.queue.addUsed(mem, chain.head, written);
-  cq.queue.publishUsed(mem);
+  queue.addUsed(mem, chain.head, bytes);
+  queue.publishUsed(mem);
+  if (cq.queue2 !== null) written.set(cq, count + 1);
   counters.add("completions");
   const arm = mem.loadU32(cq.armAddr);
   if (

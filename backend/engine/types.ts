@@ -41,6 +41,8 @@ export interface EngineCq {
   readonly handle: number;
   /** Its virtqueue of CQE slots. */
   readonly queue: DeviceQueue;
+  /** A second ring (CQs above 32768 entries): completion k goes to ring k mod 2. */
+  readonly queue2: DeviceQueue | null;
   /** Guest address of the arm word. */
   readonly armAddr: number;
 }

@@ -835,8 +835,8 @@ Deno.test("create and destroy: memory comes back; a refused destroy frees nothin
 Deno.test("create checks what sizes the rings before asking the device", async () => {
   const dev = new FakeDevice();
   const pd = await Pd.alloc(dev);
-  await assert.rejects(Cq.create(dev, { cqe: 0 }), /cqe 0 is not an integer in 1..32768/);
-  await assert.rejects(Cq.create(dev, { cqe: 40000 }), /cqe 40000 is not an integer in 1..32768/);
+  await assert.rejects(Cq.create(dev, { cqe: 0 }), /cqe 0 is not an integer in 1..65536/);
+  await assert.rejects(Cq.create(dev, { cqe: 70000 }), /cqe 70000 is not an integer in 1..65536/);
   const cq = await Cq.create(dev, { cqe: 4 });
   const base = { qpType: "RC" as const, sendCq: cq, recvCq: cq };
   await assert.rejects(

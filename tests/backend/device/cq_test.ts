@@ -49,8 +49,9 @@ Deno.test("CREATE_CQ checks cqe, the ring and the arm area; failures change noth
   const before = snapshot(g);
   const args = (extra: Record<string, unknown>) => ({ cqe: 8, ring: g.ring(8), armAddr, ...extra });
   g.fail(Op.CREATE_CQ, args({ cqe: 0 }), "EINVAL", /cqe = 0 is not an integer in 1\.\./);
-  g.fail(Op.CREATE_CQ, args({ cqe: 70000 }), "EINVAL", /cqe 70000 exceeds maxCqe 32768/);
-  g.fail(Op.CREATE_CQ, args({ cqe: 40000 }), "EINVAL", /cqe 40000 exceeds maxCqe 32768/);
+  g.fail(Op.CREATE_CQ, args({ cqe: 70000 }), "EINVAL", /cqe 70000 exceeds maxCqe 65536/);
+  g.fail(Op.CREATE_CQ, args({ cqe: 40000 }), "EINVAL", /cqe 40000 needs two rings/);
+  g.fail(Op.CREATE_CQ, args({ ring2: g.ring(8) }), "EINVAL", /ring2 is only for cqe above 32768/);
   g.fail(Op.CREATE_CQ, args({ cqe: 9 }), "EINVAL", /ring.size 8 is smaller than cqe 9/);
   const ring = g.ring(8);
   g.fail(
