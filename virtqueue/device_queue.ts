@@ -21,6 +21,7 @@ import {
   mapRings,
   type QueueLayout,
   type QueueOptions,
+  ringFields,
   type RingViews,
   validateQueueSize,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
@@ -108,12 +109,13 @@ export class DeviceQueue {
     this.#mask = layout.size - 1;
     this.#eventIdx = options.eventIdx ?? false;
     this.#indirect = options.indirect ?? false;
-    this.#availFlagsAddr = layout.avail;
-    this.#availIdxAddr = layout.avail + 2;
-    this.#usedEventAddr = layout.avail + 4 + 2 * layout.size;
-    this.#usedFlagsAddr = layout.used;
-    this.#usedIdxAddr = layout.used + 2;
-    this.#availEventAddr = layout.used + 4 + 8 * layout.size;
+    const fields = ringFields(layout);
+    this.#availFlagsAddr = fields.availFlags;
+    this.#availIdxAddr = fields.availIdx;
+    this.#usedEventAddr = fields.usedEvent;
+    this.#usedFlagsAddr = fields.usedFlags;
+    this.#usedIdxAddr = fields.usedIdx;
+    this.#availEventAddr = fields.availEvent;
   }
 
   /** The queue's placement. */

@@ -24,6 +24,7 @@ import {
   mapRings,
   type QueueLayout,
   type QueueOptions,
+  ringFields,
   type RingViews,
   validateQueueSize,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
@@ -134,12 +135,13 @@ export class DriverQueue {
     this.#mask = layout.size - 1;
     this.#eventIdx = options.eventIdx ?? false;
     this.#indirect = options.indirect ?? false;
-    this.#availFlagsAddr = layout.avail;
-    this.#availIdxAddr = layout.avail + 2;
-    this.#usedEventAddr = layout.avail + 4 + 2 * layout.size;
-    this.#usedFlagsAddr = layout.used;
-    this.#usedIdxAddr = layout.used + 2;
-    this.#availEventAddr = layout.used + 4 + 8 * layout.size;
+    const fields = ringFields(layout);
+    this.#availFlagsAddr = fields.availFlags;
+    this.#availIdxAddr = fields.availIdx;
+    this.#usedEventAddr = fields.usedEvent;
+    this.#usedFlagsAddr = fields.usedFlags;
+    this.#usedIdxAddr = fields.usedIdx;
+    this.#availEventAddr = fields.availEvent;
     this.#next = new Uint16Array(layout.size);
     this.#chainLen = new Uint16Array(layout.size);
     this.#writable = new Float64Array(layout.size);

@@ -48,6 +48,43 @@ export interface QueueLayout {
   readonly used: number;
 }
 
+/** Guest addresses of the ring fields outside the entries, as both sides use them. */
+export interface RingFields {
+  /** Available ring flags (u16). */
+  readonly availFlags: number;
+  /** Available ring idx (u16). */
+  readonly availIdx: number;
+  /** used_event, after the available entries (u16, EVENT_IDX). */
+  readonly usedEvent: number;
+  /** Used ring flags (u16). */
+  readonly usedFlags: number;
+  /** Used ring idx (u16). */
+  readonly usedIdx: number;
+  /** avail_event, after the used entries (u16, EVENT_IDX). */
+  readonly availEvent: number;
+}
+
+/**
+ * Where each ring field of `layout` is (VIRTIO 1.2, 2.7.6 and 2.7.8).
+ *
+ * @example
+ * ```ts
+ * import { ringFields } from "./layout.ts";
+ * const f = ringFields({ size: 8, desc: 0, avail: 0x100, used: 0x200 });
+ * if (f.usedEvent !== 0x100 + 4 + 16 || f.availEvent !== 0x200 + 4 + 64) throw new Error("wrong");
+ * ```
+ */
+export function ringFields(layout: QueueLayout): RingFields {
+  return {
+    availFlags: layout.avail,
+    availIdx: layout.avail + 2,
+    usedEvent: layout.avail + 4 + 2 * layout.size,
+    usedFlags: layout.used,
+    usedIdx: layout.used + 2,
+    availEvent: layout.used + 4 + 8 * layout.size,
+  };
+}
+
 /** Negotiated ring features of one queue. */
 export interface QueueOptions {
   /** VIRTIO_RING_F_EVENT_IDX: used_event / avail_event instead of the flags. */
