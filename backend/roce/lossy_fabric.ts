@@ -30,6 +30,7 @@
 import { ERRNO, SysError } from "../../virtqueue/sys/libc.ts";
 import {
   type BatchRange,
+  checkBatchRange,
   type DatagramAddress,
   DatagramBatch,
   formatIpv4,
@@ -557,24 +558,8 @@ export class FabricEndpoint implements RoceTransport {
    */
   sendBatch(batch: DatagramBatch, range?: BatchRange): number {
     this.#open();
-    const start = range?.start ?? 0;
-    const count = range?.count ?? batch.count - start;
-    if (
-      !Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 ||
-      start + count > batch.count
-    ) {
-      throw new RangeError(
-        `batch range start ${start} count ${count} is outside the ${batch.count} slots in use`,
-      );
-    }
+    const { start, count } = checkBatchRange(batch, range);
     for (let i = start; i < start + count; i++) {
-      if (batch.peerPorts[i] === 0 || batch.sourcePorts[i] === 0) {
-        throw new RangeError(
-          `slot ${i}: UDP ports must be 1..65535, got destination ${batch.peerPorts[i]} source ${
-            batch.sourcePorts[i]
-          }`,
-        );
-      }
       const length = batch.lengths[i]!;
       if (length > batch.slotBytes) {
         throw new RangeError(

@@ -352,25 +352,7 @@ export class UdpTransport implements RoceTransport {
    */
   sendBatch(batch: DatagramBatch, range?: BatchRange): number {
     this.#open();
-    const start = range?.start ?? 0;
-    const count = range?.count ?? batch.count - start;
-    if (
-      !Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 ||
-      start + count > batch.count
-    ) {
-      throw new RangeError(
-        `batch range start ${start} count ${count} is outside the ${batch.count} slots in use`,
-      );
-    }
-    for (let i = start; i < start + count; i++) {
-      if (batch.peerPorts[i] === 0 || batch.sourcePorts[i] === 0) {
-        throw new RangeError(
-          `slot ${i}: UDP ports must be 1..65535, got destination ${batch.peerPorts[i]} source ${
-            batch.sourcePorts[i]
-          }`,
-        );
-      }
-    }
+    const { start, count } = checkBatchRange(batch, range);
     if (this.#rawSend !== undefined) return this.#rawSend.sendBatch(batch, range);
     const ports = batch.sourcePorts;
     const end = start + count;
@@ -509,4 +491,36 @@ export class UdpTransport implements RoceTransport {
       }
     }
   }
+}
+
+/**
+ * Checks `range` of `batch` (default: every slot in use) and the ports of its
+ * slots, as every transport's `sendBatch` must. Returns the range.
+ *
+ * @throws {RangeError} for a range outside the slots in use or a port of 0.
+ */
+export function checkBatchRange(
+  batch: DatagramBatch,
+  range?: BatchRange,
+): { start: number; count: number } {
+  const start = range?.start ?? 0;
+  const count = range?.count ?? batch.count - start;
+  if (
+    !Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 ||
+    start + count > batch.count
+  ) {
+    throw new RangeError(
+      `batch range start ${start} count ${count} is outside the ${batch.count} slots in use`,
+    );
+  }
+  for (let i = start; i < start + count; i++) {
+    if (batch.peerPorts[i] === 0 || batch.sourcePorts[i] === 0) {
+      throw new RangeError(
+        `slot ${i}: UDP ports must be 1..65535, got destination ${batch.peerPorts[i]} source ${
+          batch.sourcePorts[i]
+        }`,
+      );
+    }
+  }
+  return { start, count };
 }
