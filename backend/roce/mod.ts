@@ -12,6 +12,7 @@ export * from "./headers.ts";
 export * from "./psn.ts";
 export * from "./icrc.ts";
 export * from "./packet.ts";
+export * from "./segment.ts";
 export * from "./transport.ts";
 export { DatagramBatch, UdpSocket } from "./udp_socket.ts";
 export { LossyFabric } from "./lossy_fabric.ts";
