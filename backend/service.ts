@@ -193,6 +193,7 @@ export async function startBackend(options: BackendOptions = {}): Promise<Backen
   const plane = await DataPlane.start(counters, {
     logLevel: level,
     ip,
+    port,
     onNotice: (n: DataPlaneNotice) => {
       if (n.notice === "log") log.log(n.level, `data plane: ${n.message}`);
       if (n.notice === "broken") {

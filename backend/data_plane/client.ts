@@ -27,6 +27,8 @@ export interface WorkerInit {
   logLevel: string;
   /** This host's IPv4 address. */
   ip: string;
+  /** The UDP port RoCEv2 is bound to and sent to. */
+  port: number;
 }
 
 /** Runs and commands the data-plane Worker. */
@@ -51,7 +53,12 @@ export class DataPlane {
   /** Starts the Worker and waits until it sleeps in its loop. */
   static async start(
     counters: Counters,
-    options: { logLevel: string; ip: string; onNotice: (notice: DataPlaneNotice) => void },
+    options: {
+      logLevel: string;
+      ip: string;
+      port: number;
+      onNotice: (notice: DataPlaneNotice) => void;
+    },
   ): Promise<DataPlane> {
     const control = EventFd.create();
     const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
@@ -60,6 +67,7 @@ export class DataPlane {
     worker.onmessage = (e: MessageEvent<DataPlaneReply | DataPlaneNotice>) => {
       const msg = e.data;
       if ("notice" in msg && msg.notice === "ready") ready.resolve();
+      else if ("notice" in msg && msg.notice === "failed") ready.reject(new Error(msg.message));
       else plane.#receive(msg);
     };
     worker.onerror = (e: ErrorEvent) => {
@@ -73,9 +81,16 @@ export class DataPlane {
       counters: counters.buffer,
       logLevel: options.logLevel,
       ip: options.ip,
+      port: options.port,
     };
     worker.postMessage(init);
-    await ready.promise;
+    try {
+      await ready.promise;
+    } catch (e) {
+      worker.terminate();
+      control.close();
+      throw e;
+    }
     return plane;
   }
 

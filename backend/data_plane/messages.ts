@@ -65,5 +65,7 @@ export interface DataPlaneReply {
 /** What the Worker posts without being asked. */
 export type DataPlaneNotice =
   | { notice: "ready" }
+  /** The Worker could not start (the RoCE port could not be bound): startBackend fails with it. */
+  | { notice: "failed"; message: string }
   | { notice: "broken"; guest: number; queue: number; error: string }
   | { notice: "log"; level: "debug" | "info" | "warn" | "error"; message: string };

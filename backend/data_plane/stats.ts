@@ -39,6 +39,35 @@ export const COUNTER_NAMES = [
   "udDropped",
   "udpPacketsSent",
   "udpPacketsReceived",
+  // The host adapter (RoCEv2 to other hosts). Requester side:
+  "retransmits",
+  "retransmittedPackets",
+  "timeouts",
+  "retryExceeded",
+  "rnrNaksReceived",
+  "seqNaksReceived",
+  "fatalNaksReceived",
+  "duplicateResponses",
+  "staleResponses",
+  "badResponses",
+  // Responder side:
+  "acksSent",
+  "seqNaksSent",
+  "rnrNaksSent",
+  "accessNaksSent",
+  "fatalNaksSent",
+  "outOfSequence",
+  "duplicateRequests",
+  "duplicatesReplayed",
+  "duplicatesDropped",
+  "ucDropped",
+  "controlDropped",
+  // Packets refused on arrival:
+  "icrcErrors",
+  "badPackets",
+  "unknownQp",
+  "droppedNotReady",
+  "adapterErrors",
 ] as const;
 
 /** A counter name. */

@@ -23,6 +23,7 @@ import { HostTables } from "../device/host_tables.ts";
 import { VerbsEngine } from "../engine/engine.ts";
 import { hostView } from "../engine/host_view.ts";
 import { Counters } from "./stats.ts";
+import { UdpTransport } from "../roce/transport.ts";
 import type { WorkerInit } from "./client.ts";
 import type { DataPlaneNotice, DataPlaneReply, SequencedCommand } from "./messages.ts";
 
@@ -35,6 +36,8 @@ import type { DataPlaneNotice, DataPlaneReply, SequencedCommand } from "./messag
  */
 const SPIN_MS = 1;
 const CONTROL_TOKEN = 0;
+/** The RoCE transport's epoll token; guest ids are small positive integers. */
+const ROCE_TOKEN = 0xffff_fffe;
 
 const inbox: SequencedCommand[] = [];
 let wakeInbox: (() => void) | null = null;
@@ -95,7 +98,32 @@ async function run(init: WorkerInit): Promise<void> {
   const service = (g: GuestDevice) => g.service();
   // QPNs and memory keys are unique across every guest of this backend.
   const hostTables = new HostTables();
-  const engine = new VerbsEngine(hostView(hostTables, init.ip, (id) => guests.get(id)), counters);
+  let transport: UdpTransport;
+  try {
+    transport = UdpTransport.open({ ip: init.ip, port: init.port });
+  } catch (e) {
+    epoll.close();
+    post({
+      notice: "failed",
+      message: `RoCEv2 on ${init.ip}:${init.port}: ${(e as Error).message}`,
+    });
+    self.close();
+    return;
+  }
+  const engine = new VerbsEngine(
+    hostView(hostTables, init.ip, (id) => guests.get(id)),
+    counters,
+    { transport },
+  );
+  epoll.add(transport.fd, ROCE_TOKEN);
+  const pollRoce = (): boolean => {
+    try {
+      return engine.poll() > 0;
+    } catch (e) {
+      post({ notice: "log", level: "error", message: `RoCE receive: ${(e as Error)?.stack ?? e}` });
+      return false;
+    }
+  };
 
   const execute = (cmd: SequencedCommand): number | undefined => {
     if (cmd.cmd === "stop") return undefined;
@@ -197,6 +225,10 @@ async function run(init: WorkerInit): Promise<void> {
         expected += Number(control.read());
         continue;
       }
+      if (token === ROCE_TOKEN) {
+        worked = pollRoce() || worked;
+        continue;
+      }
       const guest = guests.get(token);
       if (guest === undefined) continue;
       worked = serve(guest, (g) => (g.drainKicks(), g.service())) || worked;
@@ -234,6 +266,7 @@ async function run(init: WorkerInit): Promise<void> {
   }
   for (const g of guests.values()) g.destroy();
   guests.clear();
+  engine.close();
   epoll.close();
   self.close();
 }

@@ -3,8 +3,11 @@
  * ring, completes WRs, holds a WR while the responder has no receive posted
  * (RNR) or does not answer, and flushes queues of QPs in the error state.
  *
- * Everything runs on the data-plane Worker, one WR at a time per QP, so WRs
- * of a QP execute and complete in order, and FENCE holds trivially.
+ * Everything runs on the data-plane Worker. A QP whose peer is on this host
+ * executes one WR at a time, so its WRs execute and complete in order and
+ * FENCE holds trivially. A QP whose peer is on another host hands its WRs to
+ * the host adapter (`backend/adapter/`), which keeps many in flight on the
+ * wire and completes them in order through {@linkcode VerbsEngine}'s retire.
  *
  * @module
  */
@@ -18,6 +21,23 @@ import { execute } from "./requester.ts";
 import { rnrDelayMs, transportTimeoutMs } from "./timers.ts";
 import { ParsedWqe, readWqe } from "./wqe_reader.ts";
 import type { EngineGuest, EngineHost, EngineQp, EngineSrq } from "./types.ts";
+import { HostAdapter } from "../adapter/host_adapter.ts";
+import type { RoceTransport } from "../roce/transport.ts";
+
+/** Options of {@linkcode VerbsEngine}. */
+export interface VerbsEngineOptions {
+  /** Where RoCEv2 packets to and from other hosts go; without one, remote peers never answer. */
+  transport?: RoceTransport;
+  /** Clock in ms for every timer; default `performance.now`. */
+  now?: () => number;
+}
+
+/** The fields of a send WR its completion needs. */
+interface Retiring {
+  readonly wrId: bigint;
+  readonly opcode: number;
+  readonly flags: number;
+}
 
 /** The WC opcode a send WR completes with. */
 function wcOpcodeOf(wrOpcode: number): number {
@@ -58,11 +78,43 @@ export class VerbsEngine {
   readonly #chain = new DescriptorChain(2);
   readonly #wqes = new WeakMap<EngineQp, ParsedWqe>();
   readonly #held = new Map<EngineQp, Held>();
+  readonly #adapter: HostAdapter | undefined;
+  readonly #now: () => number;
 
   /** An engine over `host`'s tables, counting into `counters`. */
-  constructor(host: EngineHost, counters: Counters) {
+  constructor(host: EngineHost, counters: Counters, options: VerbsEngineOptions = {}) {
     this.#host = host;
     this.#counters = counters;
+    this.#now = options.now ?? (() => performance.now());
+    this.#adapter = options.transport === undefined ? undefined : new HostAdapter({
+      transport: options.transport,
+      host,
+      counters,
+      now: this.#now,
+      callbacks: {
+        retire: (guest, qp, wr, status, byteLen) =>
+          this.#retire(guest, qp, wr.head, wr, status, byteLen),
+        release: (guest, qp, wr) => {
+          qp.sq.addUsed(guest.memory, wr.head, 0);
+          qp.sq.publishUsed(guest.memory);
+        },
+      },
+    });
+  }
+
+  /** The fd of the RoCE transport to watch for arrivals, if there is one. */
+  get transportFd(): number | undefined {
+    return this.#adapter?.fd;
+  }
+
+  /** Receives and handles the RoCE packets waiting; returns how many. */
+  poll(): number {
+    return this.#adapter?.poll() ?? 0;
+  }
+
+  /** Closes the RoCE transport. */
+  close(): void {
+    this.#adapter?.close();
   }
 
   #wqeOf(qp: EngineQp): ParsedWqe {
@@ -105,6 +157,10 @@ export class VerbsEngine {
         this.#retire(guest, qp, head, wqe, WcStatus.LOC_QP_OP_ERR, 0);
         continue;
       }
+      if (this.#adapter?.isRemote(qp)) {
+        this.#adapter.post(guest, qp, head, wqe);
+        continue;
+      }
       this.#attempt(guest, qp, head, wqe, {
         rnrLeft: qp.rnrRetry,
         retryLeft: qp.retryCnt,
@@ -120,12 +176,12 @@ export class VerbsEngine {
     wqe: ParsedWqe,
     budget: { rnrLeft: number; retryLeft: number },
   ): void {
-    const outcome = execute(this.#host, guest, qp, wqe, this.#counters);
+    const outcome = execute(this.#host, guest, qp, wqe, this.#counters, this.#adapter);
     if (outcome.kind === "done") {
       this.#retire(guest, qp, head, wqe, outcome.status, outcome.byteLen);
       return;
     }
-    const now = performance.now();
+    const now = this.#now();
     if (outcome.kind === "rnr") {
       if (budget.rnrLeft === 0) {
         this.#counters.add("rnrRetryExceeded");
@@ -168,7 +224,7 @@ export class VerbsEngine {
     guest: EngineGuest,
     qp: EngineQp,
     head: number,
-    wqe: ParsedWqe,
+    wqe: Retiring,
     status: number,
     byteLen: number,
   ): void {
@@ -213,6 +269,8 @@ export class VerbsEngine {
   /** Reacts to a QP state change made by MODIFY_QP or by the device. */
   onStateChange(guest: EngineGuest, qp: EngineQp, from: string, to: string): void {
     if (to === "ERR") {
+      // WRs on the wire are older than those still in the ring: they flush first.
+      this.#adapter?.onError(qp);
       this.#flushSq(guest, qp);
       if (qp.rq) this.#flushRecv(guest, qp, qp.rq);
     } else if (to === "RESET") {
@@ -224,6 +282,7 @@ export class VerbsEngine {
         qp.sq.addUsed(guest.memory, held.head, 0);
         qp.sq.publishUsed(guest.memory);
       }
+      this.#adapter?.onReset(qp);
       this.#drop(guest, qp.sq);
       if (qp.rq) this.#drop(guest, qp.rq);
     } else if (to === "RTS" && from !== "RTS") {
@@ -234,6 +293,7 @@ export class VerbsEngine {
   /** Forgets a destroyed QP. */
   forget(qp: EngineQp): void {
     this.#held.delete(qp);
+    this.#adapter?.forget(qp);
   }
 
   #flushSq(guest: EngineGuest, qp: EngineQp): void {
@@ -290,14 +350,16 @@ export class VerbsEngine {
   }
 
   /** Milliseconds until the next held WR is due (Infinity when none). */
-  nextTimeout(now = performance.now()): number {
+  nextTimeout(now = this.#now()): number {
     let next = Infinity;
     for (const h of this.#held.values()) next = Math.min(next, h.deadline);
-    return next === Infinity ? Infinity : Math.max(0, next - now);
+    const local = next === Infinity ? Infinity : Math.max(0, next - now);
+    return Math.min(local, this.#adapter?.nextTimeout(now) ?? Infinity);
   }
 
   /** Retries every held WR whose time has come. */
-  runTimers(now = performance.now()): void {
+  runTimers(now = this.#now()): void {
+    this.#adapter?.runTimers(now);
     for (const held of [...this.#held.values()]) {
       if (held.deadline > now) continue;
       this.#held.delete(held.qp);

@@ -85,17 +85,24 @@ function mapRemote(
   return true;
 }
 
-/** Executes `wqe` from `qp` of `guest`. */
+/** Where UD datagrams for other hosts go (the host adapter). */
+export interface RemoteUd {
+  /** Sends `wqe`'s payload, gathered in `local`, to `dgid`'s host. */
+  sendUd(qp: EngineQp, wqe: ParsedWqe, dgid: string, local: SgeViews): void;
+}
+
+/** Executes `wqe` from `qp` of `guest`; UD datagrams for other hosts go to `remoteUd`. */
 export function execute(
   host: EngineHost,
   guest: EngineGuest,
   qp: EngineQp,
   wqe: ParsedWqe,
   counters: Counters,
+  remoteUd?: RemoteUd,
 ): Outcome {
-  if (qp.qpType === "UD") return executeUd(host, guest, qp, wqe, counters);
+  if (qp.qpType === "UD") return executeUd(host, guest, qp, wqe, counters, remoteUd);
   const dgid = qp.ahAttr.dgid;
-  if (dgid !== host.gid) return { kind: "noResponse" }; // remote hosts: the RoCE adapter's job
+  if (dgid !== host.gid) return { kind: "noResponse" }; // a remote peer, and no adapter to reach it
   const dest = host.qp(qp.destQpNum);
   if (dest === undefined || dest.qp.qpType !== qp.qpType || !canReceive(dest.qp)) {
     return { kind: "noResponse" };
@@ -236,6 +243,7 @@ function executeUd(
   qp: EngineQp,
   wqe: ParsedWqe,
   counters: Counters,
+  remoteUd: RemoteUd | undefined,
 ): Outcome {
   if (wqe.opcode !== WrOpcode.SEND && wqe.opcode !== WrOpcode.SEND_WITH_IMM) {
     return done(WcStatus.LOC_QP_OP_ERR);
@@ -246,7 +254,8 @@ function executeUd(
   const length = local.total;
   if (length > qp.pathMtu) return done(WcStatus.LOC_LEN_ERR);
   if (ah.ahAttr.dgid !== host.gid) {
-    counters.add("udDropped"); // remote hosts: the RoCE adapter's job
+    if (remoteUd === undefined) counters.add("udDropped");
+    else remoteUd.sendUd(qp, wqe, ah.ahAttr.dgid, local);
     return done(WcStatus.SUCCESS, length);
   }
   const dest = host.qp(wqe.remoteQpn);

@@ -82,7 +82,7 @@ export const REMOTE = {
 export function completeRecv(
   guest: EngineGuest,
   qp: EngineQp,
-  recv: ParsedWqe,
+  recv: { readonly wrId: bigint },
   fields: {
     status: number;
     byteLen: number;

@@ -115,6 +115,14 @@ export interface EngineQp {
   readonly timeout: number;
   /** Path MTU in bytes. */
   readonly pathMtu: number;
+  /** First PSN the send queue uses (RTS). */
+  readonly sqPsn: number;
+  /** First PSN the receive side expects (RTR). */
+  readonly rqPsn: number;
+  /** READs and atomics this QP may have outstanding as requester. */
+  readonly maxRdAtomic: number;
+  /** READs and atomics this QP keeps answers for as responder. */
+  readonly maxDestRdAtomic: number;
 }
 
 /** One guest as the engine sees it. */

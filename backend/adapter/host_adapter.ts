@@ -1,0 +1,449 @@
+/**
+ * The host adapter: the emulated RoCEv2 NIC of one host. It owns the
+ * transport (UDP port 4791 of this host's address, or a fabric endpoint in
+ * tests), one requester and one responder state machine per RC/UC QP whose
+ * peer is on another host, and the UD datagram path.
+ *
+ * Incoming packets are untrusted. Each is parsed (lengths checked before any
+ * field is read), its ICRC verified, its P_Key, destination QP, transport and
+ * source address checked, and only then handed to a state machine; every
+ * rejection is counted, none throws.
+ *
+ * Everything runs on the data-plane Worker: `poll()` when the transport's fd
+ * is readable, `runTimers()` when a timer is due.
+ *
+ * @module
+ */
+
+import { SendFlags, WcStatus, WrOpcode } from "../../protocol/verbs.ts";
+import type { Counters } from "../data_plane/stats.ts";
+import { buildGrh, GRH_BYTES } from "../engine/grh.ts";
+import { completeRecv, takeRecv } from "../engine/responder.ts";
+import { resolveLocal, SgeViews } from "../engine/sge.ts";
+import type { ParsedWqe } from "../engine/wqe_reader.ts";
+import type { EngineGuest, EngineHost, EngineQp } from "../engine/types.ts";
+import type { RocePacket } from "../roce/headers.ts";
+import { checkIcrc } from "../roce/icrc.ts";
+import { formatIpv4, parseIpv4 } from "../roce/ipv4.ts";
+import { Opcode, OpFlag } from "../roce/opcodes.ts";
+import { buildPacket, ParseFailure, parsePacket } from "../roce/packet.ts";
+import { psnAdd } from "../roce/psn.ts";
+import { rcSourcePort, udSourcePort } from "../roce/source_port.ts";
+import { DatagramBatch, type RoceTransport } from "../roce/transport.ts";
+import type { Link } from "./link.ts";
+import { Outbox, SLOT_BYTES } from "./outbox.ts";
+import { isReadOrAtomic, PendingWr, scatterAt } from "./pending_wr.ts";
+import { Requester } from "./requester.ts";
+import { Responder } from "./responder.ts";
+
+/** What the adapter calls back into the verbs engine for. */
+export interface AdapterCallbacks {
+  /** Completes a send WR (see {@linkcode Link.retire}). */
+  retire: Link["retire"];
+  /** Gives a send WR's slot back without a completion. */
+  release: Link["release"];
+}
+
+/** Options of {@linkcode HostAdapter}. */
+export interface HostAdapterOptions {
+  /** Where packets go and come from. */
+  transport: RoceTransport;
+  /** This host's tables. */
+  host: EngineHost;
+  /** The backend's counters. */
+  counters: Counters;
+  /** Clock in ms; default `performance.now`. */
+  now?: () => number;
+  /** Engine callbacks. */
+  callbacks: AdapterCallbacks;
+}
+
+/** Receive batches per `poll()`: bounded, so one busy peer cannot starve the guests' queues. */
+const MAX_BATCHES_PER_POLL = 8;
+const RECEIVE_SLOTS = 64;
+const MAX_MESSAGE = 0x8000_0000;
+
+/** States in which a QP accepts incoming requests. */
+function canReceive(qp: EngineQp): boolean {
+  return qp.state === "RTR" || qp.state === "RTS" || qp.state === "SQD" || qp.state === "SQE";
+}
+
+/** The IPv4 address of an IPv4-mapped GID (`::ffff:a.b.c.d`), or undefined. */
+export function gidIpv4(gid: string): number | undefined {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(gid);
+  if (m === null) return undefined;
+  try {
+    return parseIpv4(m[1]!);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The emulated RoCEv2 NIC of one host. */
+export class HostAdapter implements Link {
+  /** This host's tables. */
+  readonly host: EngineHost;
+  /** Outgoing packets. */
+  readonly outbox: Outbox;
+  /** The backend's counters. */
+  readonly counters: Counters;
+  readonly #transport: RoceTransport;
+  readonly #now: () => number;
+  readonly #callbacks: AdapterCallbacks;
+  readonly #rx = new DatagramBatch(RECEIVE_SLOTS, SLOT_BYTES + 64);
+  readonly #requesters = new Map<EngineQp, Requester>();
+  readonly #responders = new Map<EngineQp, Responder>();
+  readonly #touched = new Set<Responder>();
+  readonly #blocked = new Set<{ pump(): void }>();
+  readonly #views = new SgeViews();
+  readonly #grh = new Uint8Array(GRH_BYTES);
+  readonly #udPsn = new Map<EngineQp, number>();
+  readonly #flow = { srcIp: 0, dstIp: 0, srcPort: 0, dstPort: 0, ipId: 0 };
+  readonly #localIp: string;
+
+  /** An adapter over `options.transport` serving `options.host`'s QPs. */
+  constructor(options: HostAdapterOptions) {
+    this.host = options.host;
+    this.counters = options.counters;
+    this.#transport = options.transport;
+    this.#now = options.now ?? (() => performance.now());
+    this.#callbacks = options.callbacks;
+    this.outbox = new Outbox(options.transport, options.counters);
+    this.#flow.dstIp = options.transport.localIp;
+    this.#flow.dstPort = options.transport.localPort;
+    this.#localIp = formatIpv4(options.transport.localIp);
+  }
+
+  /** The fd to watch for arrivals, if the transport has one. */
+  get fd(): number | undefined {
+    return this.#transport.fd;
+  }
+
+  /** Current time on the adapter's clock (ms). */
+  now(): number {
+    return this.#now();
+  }
+
+  /** See {@linkcode Link.retire}. */
+  retire(guest: EngineGuest, qp: EngineQp, wr: PendingWr, status: number, byteLen: number): void {
+    this.#callbacks.retire(guest, qp, wr, status, byteLen);
+  }
+
+  /** See {@linkcode Link.release}. */
+  release(guest: EngineGuest, qp: EngineQp, wr: PendingWr): void {
+    this.#callbacks.release(guest, qp, wr);
+  }
+
+  /** See {@linkcode Link.blocked}. */
+  blocked(pump: { pump(): void }): void {
+    this.#blocked.add(pump);
+  }
+
+  /** Whether `qp`'s peer is on another host (an RC or UC QP whose path leaves this one). */
+  isRemote(qp: EngineQp): boolean {
+    return qp.qpType !== "UD" && qp.ahAttr.dgid !== this.host.gid &&
+      gidIpv4(qp.ahAttr.dgid) !== undefined;
+  }
+
+  /** Takes a send WR of a remote RC/UC QP in RTS: it is sent and completed in order. */
+  post(guest: EngineGuest, qp: EngineQp, head: number, wqe: ParsedWqe): void {
+    this.#requester(guest, qp).post(new PendingWr(head, wqe, this.#local(guest, qp, wqe)));
+  }
+
+  /** The local bytes of a WR, or the error it completes with. */
+  #local(
+    guest: EngineGuest,
+    qp: EngineQp,
+    wqe: ParsedWqe,
+  ): { views: Uint8Array[]; length: number; error: number | null } {
+    const none = (error: number) => ({ views: [], length: 0, error });
+    const op = wqe.opcode;
+    if (qp.qpType === "UC" && isReadOrAtomic(op)) return none(WcStatus.LOC_QP_OP_ERR);
+    if ((wqe.flags & SendFlags.INLINE) !== 0) {
+      if (isReadOrAtomic(op)) return none(WcStatus.LOC_QP_OP_ERR);
+      const copy = wqe.inline.slice(0, wqe.inlineLen);
+      return { views: [copy], length: copy.length, error: null };
+    }
+    const views = this.#views;
+    if (!resolveLocal(this.host, guest, qp, wqe, isReadOrAtomic(op), views)) {
+      return none(WcStatus.LOC_PROT_ERR);
+    }
+    if (
+      (op === WrOpcode.ATOMIC_CMP_AND_SWP || op === WrOpcode.ATOMIC_FETCH_AND_ADD) &&
+      (views.total !== 8 || views.count !== 1)
+    ) {
+      return none(WcStatus.LOC_LEN_ERR);
+    }
+    if (views.total > MAX_MESSAGE) return none(WcStatus.LOC_LEN_ERR);
+    return { views: views.views.slice(0, views.count), length: views.total, error: null };
+  }
+
+  #requester(guest: EngineGuest, qp: EngineQp): Requester {
+    let r = this.#requesters.get(qp);
+    if (r === undefined) {
+      r = new Requester(this, guest, qp, this.#path(qp));
+      this.#requesters.set(qp, r);
+    }
+    return r;
+  }
+
+  #path(qp: EngineQp): { dstIp: number; srcPort: number } {
+    return {
+      dstIp: gidIpv4(qp.ahAttr.dgid) ?? 0,
+      srcPort: rcSourcePort(qp.qpNum, qp.destQpNum),
+    };
+  }
+
+  /**
+   * Sends a UD datagram (`local` holds its gathered payload) to QP
+   * `wqe.remoteQpn` at `dgid`'s host. Unreliable: lost when the outbox is full.
+   */
+  sendUd(qp: EngineQp, wqe: ParsedWqe, dgid: string, local: SgeViews): void {
+    const dstIp = gidIpv4(dgid);
+    const slot = this.outbox.slot();
+    if (dstIp === undefined || slot === null) {
+      this.counters.add("udDropped");
+      return;
+    }
+    const withImm = wqe.opcode === WrOpcode.SEND_WITH_IMM;
+    const opcode = withImm ? Opcode.UD_SEND_ONLY_WITH_IMMEDIATE : Opcode.UD_SEND_ONLY;
+    const at = withImm ? 24 : 20; // BTH 12 + DETH 8 (+ ImmDt 4)
+    let n = at;
+    for (let i = 0; i < local.count; i++) {
+      slot.set(local.views[i]!, n);
+      n += local.views[i]!.length;
+    }
+    const psn = this.#udPsn.get(qp) ?? qp.sqPsn;
+    this.#udPsn.set(qp, psnAdd(psn, 1));
+    // A Q_Key with its top bit set means "use the sender's own Q_Key".
+    const qkey = (wqe.remoteQkey & 0x8000_0000) !== 0 ? qp.qkey : wqe.remoteQkey;
+    const length = buildPacket(slot, {
+      opcode,
+      destQp: wqe.remoteQpn & 0xffffff,
+      psn,
+      se: (wqe.flags & SendFlags.SOLICITED) !== 0,
+      deth: { qkey: qkey >>> 0, srcQp: qp.qpNum },
+      immDt: withImm ? wqe.immData : undefined,
+      payload: slot.subarray(at, n),
+      icrc: null,
+    });
+    this.outbox.commit(length, dstIp, udSourcePort(qp.qpNum));
+  }
+
+  /** Receives and handles what has arrived, then sends what that produced. Returns packets taken. */
+  poll(): number {
+    const rx = this.#rx;
+    let total = 0;
+    for (let round = 0; round < MAX_BATCHES_PER_POLL; round++) {
+      const n = this.#transport.receive(rx);
+      total += n;
+      for (let i = 0; i < n; i++) {
+        try {
+          this.#handle(i);
+        } catch (e) {
+          // A bug, not hostile input (that is counted and dropped below):
+          // count it and go on serving everyone else.
+          this.counters.add("adapterErrors");
+          if (this.counters.get("adapterErrors") <= 3) console.error(e);
+        }
+      }
+      if (n < rx.capacity) break;
+    }
+    if (total > 0) this.counters.add("udpPacketsReceived", total);
+    for (const r of this.#touched) r.sendAck();
+    this.#touched.clear();
+    this.#drain();
+    return total;
+  }
+
+  /** Sends queued packets and lets the blocked state machines go on while there is room. */
+  #drain(): void {
+    if (!this.outbox.flush()) return;
+    if (this.#blocked.size === 0) return;
+    const blocked = [...this.#blocked];
+    this.#blocked.clear();
+    for (const b of blocked) b.pump();
+    this.outbox.flush();
+  }
+
+  #handle(i: number): void {
+    const rx = this.#rx;
+    const counters = this.counters;
+    if (rx.truncated[i] === 1) {
+      counters.add("badPackets");
+      return;
+    }
+    const bytes = rx.slots[i]!.subarray(0, rx.lengths[i]!);
+    const pkt = parsePacket(bytes);
+    if (pkt instanceof ParseFailure) {
+      counters.add("badPackets");
+      return;
+    }
+    const flow = this.#flow;
+    flow.srcIp = rx.peerIps[i]!;
+    flow.srcPort = rx.peerPorts[i]!;
+    // The ICRC covers the IPv4 ID: exact headers give it; otherwise the 0 every DF sender uses.
+    flow.ipId = rx.headersExact ? (rx.headers[i * 28 + 4]! << 8) | rx.headers[i * 28 + 5]! : 0;
+    if (!checkIcrc(flow, bytes)) {
+      counters.add("icrcErrors");
+      return;
+    }
+    if ((pkt.pkey & 0x7fff) !== 0x7fff) {
+      counters.add("badPackets");
+      return;
+    }
+    const found = this.host.qp(pkt.destQp);
+    if (found === undefined) {
+      counters.add("unknownQp");
+      return;
+    }
+    const { qp, guest } = found;
+    if (pkt.info.transport !== qp.qpType) {
+      counters.add("badPackets");
+      return;
+    }
+    if (qp.qpType === "UD") {
+      this.#receiveUd(guest, qp, pkt, flow.srcIp);
+      return;
+    }
+    // RC/UC: only the QP's peer may talk to it.
+    if (gidIpv4(qp.ahAttr.dgid) !== flow.srcIp || !this.isRemote(qp)) {
+      counters.add("badPackets");
+      return;
+    }
+    if ((pkt.info.flags & OpFlag.RESPONSE) !== 0) {
+      if (qp.qpType !== "RC") {
+        counters.add("badPackets");
+        return;
+      }
+      const r = this.#requesters.get(qp);
+      if (r === undefined) {
+        counters.add("staleResponses");
+        return;
+      }
+      r.onResponse(pkt);
+      return;
+    }
+    if (!canReceive(qp)) {
+      counters.add("droppedNotReady");
+      return;
+    }
+    let responder = this.#responders.get(qp);
+    if (responder === undefined) {
+      responder = new Responder(this, guest, qp, this.#path(qp));
+      this.#responders.set(qp, responder);
+    }
+    responder.onRequest(pkt);
+    if (this.#responders.get(qp) === responder) this.#touched.add(responder);
+  }
+
+  #receiveUd(guest: EngineGuest, qp: EngineQp, pkt: RocePacket, srcIp: number): void {
+    const counters = this.counters;
+    if (!canReceive(qp) || pkt.qkey !== qp.qkey) {
+      counters.add("udDropped");
+      return;
+    }
+    const recv = takeRecv(guest, qp);
+    if (recv === undefined) {
+      counters.add("udDropped");
+      return;
+    }
+    const payload = pkt.payload;
+    const srcQp = pkt.srcQp;
+    const views = this.#views;
+    if (recv.error !== null || !resolveLocal(this.host, guest, qp, recv.wqe, true, views)) {
+      completeRecv(
+        guest,
+        qp,
+        recv.wqe,
+        { status: WcStatus.LOC_PROT_ERR, byteLen: 0, srcQp },
+        counters,
+      );
+      return;
+    }
+    if (views.total < GRH_BYTES + payload.length) {
+      completeRecv(
+        guest,
+        qp,
+        recv.wqe,
+        { status: WcStatus.LOC_LEN_ERR, byteLen: 0, srcQp },
+        counters,
+      );
+      return;
+    }
+    const immediate = (pkt.info.flags & OpFlag.IMMEDIATE) !== 0;
+    buildGrh(this.#grh, {
+      srcIp: formatIpv4(srcIp),
+      dstIp: this.#localIp,
+      payloadBytes: payload.length,
+      immediate,
+    });
+    const targets = views.views.slice(0, views.count);
+    scatterAt(targets, 0, this.#grh);
+    scatterAt(targets, GRH_BYTES, payload);
+    completeRecv(guest, qp, recv.wqe, {
+      status: WcStatus.SUCCESS,
+      byteLen: GRH_BYTES + payload.length,
+      srcQp,
+      imm: immediate ? pkt.immDt : undefined,
+      grh: true,
+      solicited: pkt.se,
+    }, counters);
+  }
+
+  /** `qp` went to ERR: its outstanding send WRs flush (before the ring's), nothing more is answered. */
+  onError(qp: EngineQp): void {
+    const r = this.#requesters.get(qp);
+    this.#requesters.delete(qp);
+    r?.flush();
+    this.#stopResponder(qp);
+  }
+
+  /** `qp` went to RESET: outstanding send WRs go back without completions; PSNs restart. */
+  onReset(qp: EngineQp): void {
+    const r = this.#requesters.get(qp);
+    this.#requesters.delete(qp);
+    r?.release();
+    this.#stopResponder(qp);
+    this.#udPsn.delete(qp);
+  }
+
+  /** Forgets a destroyed QP. */
+  forget(qp: EngineQp): void {
+    const r = this.#requesters.get(qp);
+    this.#requesters.delete(qp);
+    r?.release();
+    this.#stopResponder(qp);
+    this.#udPsn.delete(qp);
+  }
+
+  #stopResponder(qp: EngineQp): void {
+    const s = this.#responders.get(qp);
+    if (s === undefined) return;
+    this.#responders.delete(qp);
+    this.#touched.delete(s);
+    this.#blocked.delete(s);
+    s.stop();
+  }
+
+  /** Milliseconds until the adapter next needs `runTimers` (0: now; Infinity: nothing pending). */
+  nextTimeout(now = this.#now()): number {
+    if (this.outbox.pending > 0 || this.#blocked.size > 0) return 0;
+    let next = Infinity;
+    for (const r of this.#requesters.values()) next = Math.min(next, r.deadline);
+    return next === Infinity ? Infinity : Math.max(0, next - now);
+  }
+
+  /** Fires due retransmission and RNR timers and sends what waits. */
+  runTimers(now = this.#now()): void {
+    for (const r of [...this.#requesters.values()]) {
+      if (r.deadline <= now) r.onTimer(now);
+    }
+    this.#drain();
+  }
+
+  /** Closes the transport. */
+  close(): void {
+    this.#transport.close();
+  }
+}
