@@ -60,13 +60,15 @@ export class Outbox {
     const batch = this.#batch;
     const i = batch.count;
     const flow = this.#flow;
+    // The port it will really leave from: the ICRC covers it.
+    const port = this.#transport.sourcePortFor(srcPort);
     flow.dstIp = dstIp;
-    flow.srcPort = srcPort;
+    flow.srcPort = port;
     writeIcrc(flow, batch.slots[i]!.subarray(0, length));
     batch.lengths[i] = length;
     batch.peerIps[i] = dstIp;
     batch.peerPorts[i] = this.#port;
-    batch.sourcePorts[i] = srcPort;
+    batch.sourcePorts[i] = port;
     batch.count = i + 1;
     if (batch.count === SLOTS) this.flush();
   }

@@ -83,6 +83,7 @@ export class Responder {
   #savedNext = 0;
   readonly #jobs: ReadJob[] = [];
   #dead = false;
+  #established = false;
 
   /** The responder of `qp` (RTR or later), answering `path.dstIp` from `path.srcPort`. */
   constructor(
@@ -155,7 +156,9 @@ export class Responder {
       this.#fatal(NakCode.INVALID_REQUEST, psn, "opcode sequence");
       return;
     }
-    if (this.#qp.state === "RTR") {
+    if (this.#qp.state === "RTR" && !this.#established) {
+      // The first request in RTR: the connection is up (IBA 11.6.3, COMM_EST).
+      this.#established = true;
       this.#guest.postEvent({ type: EventType.COMM_EST, element: this.#qp.handle, info: 0 });
     }
     switch (kind) {

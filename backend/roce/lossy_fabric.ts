@@ -509,6 +509,11 @@ export class FabricEndpoint implements RoceTransport {
     return this.#wiring.port;
   }
 
+  /** Every source port can be had on the fabric. */
+  sourcePortFor(port: number): number {
+    return port;
+  }
+
   /** Always undefined: pump the fabric with {@linkcode LossyFabric.deliver} instead. */
   get fd(): undefined {
     return undefined;

@@ -147,6 +147,13 @@ export interface RoceTransport extends Disposable {
    */
   sendBatch(batch: DatagramBatch, range?: BatchRange): number;
   /**
+   * The UDP source port a datagram asked to leave from `port` will really
+   * carry: `port`, or the receive port when `port` cannot be had (socket
+   * mode, see the module notes). The ICRC covers the source port, so a
+   * sender computes it with this one.
+   */
+  sourcePortFor(port: number): number;
+  /**
    * Fills `into` from slot 0 with the datagrams waiting, up to its capacity,
    * and sets `into.count`: payloads, `lengths`, `peerIps`/`peerPorts` (the
    * source), `truncated`, and the IPv4+UDP `headers` (`headersExact` says
@@ -371,6 +378,13 @@ export class UdpTransport implements RoceTransport {
       if (sent < run.count) break;
     }
     return at - start;
+  }
+
+  /** See {@linkcode RoceTransport.sourcePortFor}; binds the port's socket now if needed. */
+  sourcePortFor(port: number): number {
+    this.#open();
+    if (this.#rawSend !== undefined) return port;
+    return this.#socketFor(port) === null ? this.localPort : port;
   }
 
   /**
