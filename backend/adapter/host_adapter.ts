@@ -68,15 +68,32 @@ function canReceive(qp: EngineQp): boolean {
   return qp.state === "RTR" || qp.state === "RTS" || qp.state === "SQD" || qp.state === "SQE";
 }
 
-/** The IPv4 address of an IPv4-mapped GID (`::ffff:a.b.c.d`), or undefined. */
+const gidCache = new Map<string, number | undefined>();
+
+/**
+ * The IPv4 address of an IPv4-mapped GID (`::ffff:a.b.c.d`), or undefined.
+ * Asked for every packet, so answers are remembered (GIDs are few).
+ *
+ * @example
+ * ```ts
+ * import { gidIpv4 } from "./host_adapter.ts";
+ * if (gidIpv4("::ffff:127.0.0.2") !== 0x7f000002 || gidIpv4("fe80::1") !== undefined) {
+ *   throw new Error("gid");
+ * }
+ * ```
+ */
 export function gidIpv4(gid: string): number | undefined {
+  if (gidCache.has(gid)) return gidCache.get(gid);
   const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(gid);
-  if (m === null) return undefined;
+  let ip: number | undefined;
   try {
-    return parseIpv4(m[1]!);
+    ip = m === null ? undefined : parseIpv4(m[1]!);
   } catch {
-    return undefined;
+    ip = undefined;
   }
+  if (gidCache.size > 4096) gidCache.clear();
+  gidCache.set(gid, ip);
+  return ip;
 }
 
 /** The emulated RoCEv2 NIC of one host. */

@@ -3,7 +3,7 @@
  * fetch-and-add return the original 64-bit value into the local SGE and
  * update the target (little-endian in guest memory, as an HCA's atomic unit
  * on x86 sees it); bad access, bad keys and misalignment fail as the IBA
- * says.
+ * says. Every case runs on one host and across two.
  */
 
 import assert from "node:assert/strict";
@@ -15,6 +15,7 @@ import {
   expectNoWc,
   expectOneWc,
   expectPostRefused,
+  expectTransport,
   expectWc,
   type Player,
   pollCq,
@@ -60,33 +61,35 @@ verbsSuite("verbs: atomic", (test) => {
     return u64(client, result).getBigUint64(0, true);
   }
 
-  test("CMP_AND_SWP: swaps on a match, leaves the target on a mismatch, returns the original", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("CMP_AND_SWP: swaps on a match, leaves the target on a mismatch, returns the original", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     const target = u64(server, TARGET);
     let value = 0x7373737373737373n; // pyverbs writes 's' * 8
     target.setBigUint64(0, value, true);
-    for (let i = 0n; i < 10n; i++) {
-      const next = (value * 31n + i) & 0xffff_ffff_ffff_ffffn;
-      // A wrong compare first: no swap.
-      assert.equal(
-        await atomic(client, server, "ATOMIC_CMP_AND_SWP", 2n * i, value ^ 1n, next),
-        value,
-      );
-      assert.equal(target.getBigUint64(0, true), value, `round ${i}: no swap on mismatch`);
-      assert.equal(
-        await atomic(client, server, "ATOMIC_CMP_AND_SWP", 2n * i + 1n, value, next),
-        value,
-      );
-      assert.equal(target.getBigUint64(0, true), next, `round ${i}: swapped`);
-      value = next;
-    }
+    await expectTransport(hosts, client, async () => {
+      for (let i = 0n; i < 10n; i++) {
+        const next = (value * 31n + i) & 0xffff_ffff_ffff_ffffn;
+        // A wrong compare first: no swap.
+        assert.equal(
+          await atomic(client, server, "ATOMIC_CMP_AND_SWP", 2n * i, value ^ 1n, next),
+          value,
+        );
+        assert.equal(target.getBigUint64(0, true), value, `round ${i}: no swap on mismatch`);
+        assert.equal(
+          await atomic(client, server, "ATOMIC_CMP_AND_SWP", 2n * i + 1n, value, next),
+          value,
+        );
+        assert.equal(target.getBigUint64(0, true), next, `round ${i}: swapped`);
+        value = next;
+      }
+    });
   });
 
-  test("FETCH_AND_ADD: returns the value before, adds modulo 2^64", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("FETCH_AND_ADD: returns the value before, adds modulo 2^64", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     const target = u64(server, TARGET);
     target.setBigUint64(0, 0xffff_ffff_ffff_fff0n, true);
@@ -99,9 +102,9 @@ verbsSuite("verbs: atomic", (test) => {
     assert.equal(expected, 0x8000_0000_0000_0006n, "the sum wrapped through zero");
   });
 
-  test("atomic byte order: the target and the result are little-endian u64s in guest memory", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("atomic byte order: the target and the result are little-endian u64s in guest memory", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     server.buf.bytes.set([1, 2, 3, 4, 5, 6, 7, 8], TARGET);
     const original = await atomic(client, server, "ATOMIC_FETCH_AND_ADD", 1n, 0x0100n);
@@ -118,11 +121,11 @@ verbsSuite("verbs: atomic", (test) => {
     );
   });
 
-  test("two guests fetch-and-add one counter: every original is unique, the sum is exact", async (host) => {
-    await using a = await createPlayer(host);
-    await using b = await createPlayer(host);
-    await using server = await createPlayer(host);
-    await using server2 = await createPlayer(host, { dev: server.dev, pd: server.pd });
+  test("two guests fetch-and-add one counter: every original is unique, the sum is exact", async (hosts) => {
+    await using a = await createPlayer(hosts.a);
+    await using b = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
+    await using server2 = await createPlayer(hosts.b, { dev: server.dev, pd: server.pd });
     await connectPlayers(a, server);
     await connectPlayers(b, server2);
     // server2 is a second QP in server's guest and PD, so server's rkey is valid through it:
@@ -163,9 +166,9 @@ verbsSuite("verbs: atomic", (test) => {
     );
   });
 
-  test("atomic on an MR without REMOTE_ATOMIC: REM_ACCESS_ERR, target untouched", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host, {
+  test("atomic on an MR without REMOTE_ATOMIC: REM_ACCESS_ERR, target untouched", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b, {
       access: Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ,
     });
     await connectPlayers(client, server);
@@ -193,10 +196,10 @@ verbsSuite("verbs: atomic", (test) => {
     assert.equal((await client.qp.query()).state, "ERR");
   });
 
-  test("atomic with a bad rkey or outside the MR: REM_ACCESS_ERR", async (host) => {
+  test("atomic with a bad rkey or outside the MR: REM_ACCESS_ERR", async (hosts) => {
     for (const [what, remote] of [["bad rkey", "rkey"], ["past the MR", "range"]] as const) {
-      await using client = await createPlayer(host);
-      await using server = await createPlayer(host);
+      await using client = await createPlayer(hosts.a);
+      await using server = await createPlayer(hosts.b);
       await connectPlayers(client, server);
       client.qp.postSend({
         wrId: 4n,
@@ -222,9 +225,9 @@ verbsSuite("verbs: atomic", (test) => {
     }
   });
 
-  test("atomic with a bad local lkey: LOC_PROT_ERR, target untouched", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("atomic with a bad local lkey: LOC_PROT_ERR, target untouched", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     client.qp.postSend({
       wrId: 5n,
@@ -248,9 +251,9 @@ verbsSuite("verbs: atomic", (test) => {
     assert.equal(u64(server, TARGET).getBigUint64(0, true), 0n);
   });
 
-  test("atomic post checks: misaligned remote address, wrong SGE size or count are EINVAL", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("atomic post checks: misaligned remote address, wrong SGE size or count are EINVAL", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     const good = {
       wrId: 1n,

@@ -2,12 +2,18 @@
  * A CQ above 32768 entries (the most slots one virtqueue holds) is two rings
  * taking completions in strict alternation. It must hold more than 32768
  * unpolled completions and give them back in order.
+ *
+ * Same host only: the case is about the CQ, and 40000 WRs between two hosts
+ * would test the wire at length, which other suites do.
  */
 
 import assert from "node:assert/strict";
-import { connectPlayers, createPlayer, SendFlags, startHost } from "./players.ts";
+import { connectPlayers, createPlayer, SendFlags, startHost, topologies } from "./players.ts";
 
-Deno.test("a 40000-entry CQ holds 40000 unpolled completions and returns them in order", async () => {
+Deno.test({
+  name: "a 40000-entry CQ holds 40000 unpolled completions and returns them in order (same host)",
+  ignore: !topologies().includes("same"),
+}, async () => {
   await using host = await startHost();
   await using client = await createPlayer(host, {
     cqe: 40000,

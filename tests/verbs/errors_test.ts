@@ -3,7 +3,9 @@
  * and protection errors with the QP going to ERR and later WRs flushed,
  * length errors on both sides, RNR NAK retries, post-time refusals naming the
  * first bad WR, CQ overrun, MR key lifetime, illegal QP transitions that
- * change nothing, resource counts, and the same-host path staying off UDP.
+ * change nothing, resource counts, the same-host path staying off UDP and
+ * the two-host path using it. Cases with one player, or about one host's
+ * counters, run on one host only; the rest also across two.
  */
 
 import assert from "node:assert/strict";
@@ -23,6 +25,7 @@ import {
   expectRejects,
   expectThrows,
   expectWc,
+  hostList,
   nextAsyncEvent,
   pattern,
   type Player,
@@ -37,6 +40,7 @@ import {
   WAIT_MS,
 } from "./players.ts";
 import { eventually } from "../helpers/backend.ts";
+import type { Backend } from "../../mod.ts";
 
 verbsSuite("verbs: errors", (test) => {
   function write(
@@ -64,9 +68,9 @@ verbsSuite("verbs: errors", (test) => {
     return { wrId, status: "WR_FLUSH_ERR" as const, immData: undefined, qpNum: p.qp.qpNum, srcQp };
   }
 
-  test("RDMA WRITE to an MR without REMOTE_WRITE: REM_ACCESS_ERR, QP to ERR, the rest flushed", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host, {
+  test("RDMA WRITE to an MR without REMOTE_WRITE: REM_ACCESS_ERR, QP to ERR, the rest flushed", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b, {
       access: Access.LOCAL_WRITE | Access.REMOTE_READ,
     });
     await connectPlayers(client, server);
@@ -99,9 +103,9 @@ verbsSuite("verbs: errors", (test) => {
     expectWc(byRq, flushed(client, 5n, 0), "a receive posted in ERR (no source QP)");
   });
 
-  test("bad lkey: LOC_PROT_ERR at the requester, nothing sent", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("bad lkey: LOC_PROT_ERR at the requester, nothing sent", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     server.qp.postRecv({ wrId: 1n, sgList: [sge(server, server.dstOff, 256)] });
     client.qp.postSend({
@@ -122,9 +126,9 @@ verbsSuite("verbs: errors", (test) => {
     assert.equal((await server.qp.query()).state, "RTS", "the responder is unaffected");
   });
 
-  test("receive buffer too small: LOC_LEN_ERR at the receiver, REM_INV_REQ_ERR at the sender", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("receive buffer too small: LOC_LEN_ERR at the receiver, REM_INV_REQ_ERR at the sender", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     server.qp.postRecv({ wrId: 7n, sgList: [sge(server, server.dstOff, 100)] });
     client.qp.postSend(send(client, 8n, SendFlags.SIGNALED, 101));
@@ -146,12 +150,13 @@ verbsSuite("verbs: errors", (test) => {
     assert.equal((await server.qp.query()).state, "ERR");
   });
 
-  test("no receive posted: RNR NAKs retried rnrRetry times, then RNR_RETRY_EXC_ERR", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("no receive posted: RNR NAKs retried rnrRetry times, then RNR_RETRY_EXC_ERR", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     // 5.12 ms per RNR wait, 3 retries: at least ~15 ms before the error.
     await connectPlayers(client, server, { minRnrTimer: 18, rnrRetry: 3 });
-    const before = host.stats() as Record<string, number>;
+    const stats = (h: Backend) => h.stats() as Record<string, number>;
+    const before = { a: stats(hosts.a), b: stats(hosts.b) };
     const t0 = performance.now();
     client.qp.postSend(send(client, 1n));
     await expectOneWc(client.cq, {
@@ -165,16 +170,22 @@ verbsSuite("verbs: errors", (test) => {
     assert.ok(elapsed >= 15, `3 RNR waits of 5.12 ms took only ${elapsed.toFixed(2)} ms`);
     assert.ok(elapsed < 1000, `RNR retries took ${elapsed.toFixed(0)} ms`);
     assert.equal((await client.qp.query()).state, "ERR");
-    const after = host.stats() as Record<string, number>;
-    if ("rnrNaks" in after) {
-      assert.equal(after.rnrNaks! - before.rnrNaks!, 4, "one RNR NAK, then 3 retries NAKed");
+    // One RNR NAK, then 3 retries NAKed. One host counts them as `rnrNaks`;
+    // across hosts the responder counts the NAKs it sent, the requester those it got.
+    const counted = hosts.topology === "same"
+      ? [[hosts.a, "rnrNaks", before.a]] as const
+      : [[hosts.b, "rnrNaksSent", before.b], [hosts.a, "rnrNaksReceived", before.a]] as const;
+    for (const [host, key, was] of counted) {
+      const now = stats(host);
+      assert.ok(key in now, `${host.ip} has no "${key}" counter`);
+      assert.equal(now[key]! - was[key]!, 4, `${key} on ${host.ip}`);
     }
   });
 
-  test("RNR with rnrRetry 0 fails on the first NAK; minRnrTimer 1 keeps retries fast", async (host) => {
+  test("RNR with rnrRetry 0 fails on the first NAK; minRnrTimer 1 keeps retries fast", async (hosts) => {
     for (const rnrRetry of [0, 2]) {
-      await using client = await createPlayer(host);
-      await using server = await createPlayer(host);
+      await using client = await createPlayer(hosts.a);
+      await using server = await createPlayer(hosts.b);
       await connectPlayers(client, server, { minRnrTimer: 1, rnrRetry });
       const t0 = performance.now();
       client.qp.postSend(send(client, 1n));
@@ -189,9 +200,9 @@ verbsSuite("verbs: errors", (test) => {
     }
   });
 
-  test("a receive posted during the RNR wait lets the SEND succeed", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("a receive posted during the RNR wait lets the SEND succeed", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server, { minRnrTimer: 14, rnrRetry: 7 }); // 1.28 ms, forever
     bytesAt(client, 0, 300).set(pattern(1, 300));
     client.qp.postSend(send(client, 1n, SendFlags.SIGNALED, 300));
@@ -219,9 +230,9 @@ verbsSuite("verbs: errors", (test) => {
     expectBytes(bytesAt(server, server.dstOff, 300), pattern(1, 300), "payload after RNR");
   });
 
-  test("misaligned atomic is refused at post time with EINVAL", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("misaligned atomic is refused at post time with EINVAL", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     expectPostRefused(
       () =>
@@ -245,9 +256,9 @@ verbsSuite("verbs: errors", (test) => {
     assert.equal((await client.qp.query()).state, "RTS", "a refused post changes no state");
   });
 
-  test("QP to ERR flushes every outstanding send and receive WR with WR_FLUSH_ERR", async (host) => {
-    await using client = await createPlayer(host, { separateRecvCq: true });
-    await using server = await createPlayer(host);
+  test("QP to ERR flushes every outstanding send and receive WR with WR_FLUSH_ERR", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { separateRecvCq: true });
+    await using server = await createPlayer(hosts.b);
     // The server never posts a receive and asks for 491 ms RNR waits: the
     // client's SENDs stay outstanding until the QP goes to ERR.
     await connectPlayers(client, server, { minRnrTimer: 31, rnrRetry: 7 });
@@ -269,9 +280,9 @@ verbsSuite("verbs: errors", (test) => {
     assert.equal((await client.qp.query()).state, "ERR");
   });
 
-  test("postSend refusals: wrong state, too many SGEs, inline too long; earlier WRs posted", async (host) => {
-    await using client = await createPlayer(host, { cap: { maxSendSge: 2, maxInlineData: 32 } });
-    await using server = await createPlayer(host);
+  test("postSend refusals: wrong state, too many SGEs, inline too long; earlier WRs posted", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { cap: { maxSendSge: 2, maxInlineData: 32 } });
+    await using server = await createPlayer(hosts.b);
     // Wrong state: RESET, INIT and RTR refuse sends.
     expectThrows(() => client.qp.postSend(send(client, 1n)), "EINVAL", /RESET/);
     await client.qp.modify({
@@ -342,9 +353,9 @@ verbsSuite("verbs: errors", (test) => {
     await expectNoWc(client.cq, 20, "the inline WR over the limit was not posted");
   });
 
-  test("postSend and postRecv refuse a full queue with ENOMEM, naming the first WR that did not fit", async (host) => {
-    await using client = await createPlayer(host, { cap: { maxSendWr: 4, maxRecvWr: 4 } });
-    await using server = await createPlayer(host);
+  test("postSend and postRecv refuse a full queue with ENOMEM, naming the first WR that did not fit", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { cap: { maxSendWr: 4, maxRecvWr: 4 } });
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server, { minRnrTimer: 31, rnrRetry: 7 });
     // The device may grant more than asked: fill what was granted.
     const maxRecv = client.qp.cap.maxRecvWr;
@@ -382,38 +393,42 @@ verbsSuite("verbs: errors", (test) => {
     await expectNoWc(client.cq, 10);
   });
 
-  test("postRecv refusals: RESET state and too many SGEs", async (host) => {
-    await using p = await createPlayer(host, { cap: { maxRecvSge: 2 } });
-    expectThrows(
-      () => p.qp.postRecv({ wrId: 1n, sgList: [sge(p, 0, 8)] }),
-      "EINVAL",
-      /RESET/,
-    );
-    await p.qp.modify({
-      qpState: "INIT",
-      pkeyIndex: 0,
-      portNum: 1,
-      qpAccessFlags: Access.REMOTE_WRITE,
-    });
-    // INIT accepts receives.
-    expectPostRefused(
-      () =>
-        p.qp.postRecv([
-          { wrId: 1n, sgList: [sge(p, 0, 8)] },
-          { wrId: 2n, sgList: [sge(p, 0, 8), sge(p, 8, 8), sge(p, 16, 8)] },
-        ]),
-      "EINVAL",
-      1,
-      /SGE|sge/,
-    );
-    await p.qp.modify({ qpState: "ERR" });
-    await expectOneWc(p.cq, flushed(p, 1n, 0), "only the first receive was posted");
-    await expectNoWc(p.cq, 10);
-  });
+  test(
+    "postRecv refusals: RESET state and too many SGEs",
+    { only: "same" },
+    async ({ a: host }) => {
+      await using p = await createPlayer(host, { cap: { maxRecvSge: 2 } });
+      expectThrows(
+        () => p.qp.postRecv({ wrId: 1n, sgList: [sge(p, 0, 8)] }),
+        "EINVAL",
+        /RESET/,
+      );
+      await p.qp.modify({
+        qpState: "INIT",
+        pkeyIndex: 0,
+        portNum: 1,
+        qpAccessFlags: Access.REMOTE_WRITE,
+      });
+      // INIT accepts receives.
+      expectPostRefused(
+        () =>
+          p.qp.postRecv([
+            { wrId: 1n, sgList: [sge(p, 0, 8)] },
+            { wrId: 2n, sgList: [sge(p, 0, 8), sge(p, 8, 8), sge(p, 16, 8)] },
+          ]),
+        "EINVAL",
+        1,
+        /SGE|sge/,
+      );
+      await p.qp.modify({ qpState: "ERR" });
+      await expectOneWc(p.cq, flushed(p, 1n, 0), "only the first receive was posted");
+      await expectNoWc(p.cq, 10);
+    },
+  );
 
-  test("CQ overrun raises an async CQ_ERR event for that CQ", async (host) => {
-    await using client = await createPlayer(host, { cqe: 4 });
-    await using server = await createPlayer(host);
+  test("CQ overrun raises an async CQ_ERR event for that CQ", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { cqe: 4 });
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     const n = client.cq.cqe + 4;
     client.qp.postSend(
@@ -423,7 +438,7 @@ verbsSuite("verbs: errors", (test) => {
     assert.equal(event.type, "CQ_ERR");
     assert.equal(event.element, client.cq.handle);
     // The completions past the CQ's size are lost and counted (the counter may trail the event).
-    const overruns = () => (host.stats() as Record<string, number>).cqOverruns ?? 0;
+    const overruns = () => (hosts.a.stats() as Record<string, number>).cqOverruns ?? 0;
     assert.ok(await eventually(() => overruns() === n - client.cq.cqe, WAIT_MS), `${overruns()}`);
     // The CQ still holds the completions that fit, oldest first.
     const kept = await pollCq(client.cq, client.cq.cqe);
@@ -433,7 +448,9 @@ verbsSuite("verbs: errors", (test) => {
     );
   });
 
-  test("MR: REMOTE_WRITE or REMOTE_ATOMIC without LOCAL_WRITE is EINVAL and registers nothing", async (host) => {
+  test("MR: REMOTE_WRITE or REMOTE_ATOMIC without LOCAL_WRITE is EINVAL and registers nothing", {
+    only: "same",
+  }, async ({ a: host }) => {
     await using p = await createPlayer(host);
     const buf = p.dev.allocBuffer(4096);
     const mrs = counts(host).mrs!;
@@ -449,9 +466,9 @@ verbsSuite("verbs: errors", (test) => {
     await ok.dereg();
   });
 
-  test("MR: after dereg the old rkey fails remotely, also once its slot is reused", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("MR: after dereg the old rkey fails remotely, also once its slot is reused", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     const extra = server.dev.allocBuffer(8192, 4096);
     const old = await server.pd.regMr(extra, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
@@ -491,9 +508,9 @@ verbsSuite("verbs: errors", (test) => {
     expectFilled(extra.bytes, SENTINEL, "nothing written through the stale rkey");
   });
 
-  test("QP state machine: illegal transitions and attributes are EINVAL and change nothing", async (host) => {
-    await using p = await createPlayer(host);
-    await using peer = await createPlayer(host);
+  test("QP state machine: illegal transitions and attributes are EINVAL and change nothing", async (hosts) => {
+    await using p = await createPlayer(hosts.a);
+    await using peer = await createPlayer(hosts.b);
     const qp = p.qp;
     const stateIs = async (state: string, what: string) =>
       assert.equal((await qp.query()).state, state, what);
@@ -547,7 +564,7 @@ verbsSuite("verbs: errors", (test) => {
       rqPsn: 0,
       maxDestRdAtomic: 1,
       minRnrTimer: 12,
-      ahAttr: { dgid: host.gid, portNum: 1 },
+      ahAttr: { dgid: hosts.b.gid, portNum: 1 },
     };
     const { destQpNum: _d, ...noDest } = rtr;
     await expectRejects(qp.modify(noDest), "EINVAL", /destQpNum/);
@@ -590,7 +607,9 @@ verbsSuite("verbs: errors", (test) => {
     await stateIs("RESET", "any state -> RESET");
   });
 
-  test("UD QP state machine: qkey required at INIT, RC-only attributes refused", async (host) => {
+  test("UD QP state machine: qkey required at INIT, RC-only attributes refused", {
+    only: "same",
+  }, async ({ a: host }) => {
     await using p = await createPlayer(host, { qpType: "UD" });
     await expectRejects(
       p.qp.modify({ qpState: "INIT", pkeyIndex: 0, portNum: 1 }),
@@ -622,7 +641,9 @@ verbsSuite("verbs: errors", (test) => {
     assert.equal(q.attr.qkey, 0x1234);
   });
 
-  test("resource counts return to 0 after destroying everything, and after dev.close()", async (host) => {
+  test("resource counts return to 0 after destroying everything, and after dev.close()", {
+    only: "same",
+  }, async ({ a: host }) => {
     const zero = { pds: 0, mrs: 0, cqs: 0, qps: 0, srqs: 0, ahs: 0 };
     assert.deepEqual(counts(host), zero);
     {
@@ -661,7 +682,7 @@ verbsSuite("verbs: errors", (test) => {
     await expectRejects(p.dev.allocPd(), "ENODEV");
   });
 
-  test("same-host path: data moves without UDP packets", async (host) => {
+  test("same-host path: data moves without UDP packets", { only: "same" }, async ({ a: host }) => {
     await using client = await createPlayer(host);
     await using server = await createPlayer(host);
     await connectPlayers(client, server);
@@ -683,9 +704,30 @@ verbsSuite("verbs: errors", (test) => {
     }
   });
 
-  test("a peer QP that is gone: the requester retries, then RETRY_EXC_ERR", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("two-host path: data moves as UDP packets both ways, none through the local path", {
+    only: "two",
+  }, async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
+    await connectPlayers(client, server);
+    const before = hostList(hosts).map((h) => h.stats());
+    await traffic(client, server, { opcode: "SEND", iters: 4, size: 4096 });
+    await traffic(client, server, { opcode: "RDMA_WRITE", iters: 4, size: 4096 });
+    await traffic(client, server, { opcode: "RDMA_READ", iters: 4, size: 4096 });
+    hostList(hosts).forEach((h, i) => {
+      const was = before[i]!;
+      const now = h.stats();
+      // Each host was requester for 12 messages and answered 12: it sent and received.
+      assert.ok(now.udpPacketsSent - was.udpPacketsSent >= 12, `${h.ip} sent UDP packets`);
+      assert.ok(now.udpPacketsReceived - was.udpPacketsReceived >= 12, `${h.ip} received some`);
+      assert.equal(now.localOps, was.localOps, `localOps moved on ${h.ip}`);
+      assert.equal(now.localBytes, was.localBytes, `localBytes moved on ${h.ip}`);
+    });
+  });
+
+  test("a peer QP that is gone: the requester retries, then RETRY_EXC_ERR", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     // timeout 1 = 8.192 us per retry; retryCnt 2.
     await connectPlayers(client, server, { timeout: 1, retryCnt: 2 });
     await server.qp.destroy();

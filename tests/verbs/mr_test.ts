@@ -2,7 +2,8 @@
  * Memory regions, as rdma-core's test_mr.py covers them: registration with
  * every legal access combination, refused flags, addresses outside guest
  * memory, keys, PD membership, range and access checks on the data path, and
- * deregistration.
+ * deregistration. Registration cases (one player) run on one host only; the
+ * data-path ones also across two, where the far host checks every rkey.
  */
 
 import assert from "node:assert/strict";
@@ -17,6 +18,7 @@ import {
   expectFilled,
   expectOneWc,
   expectRejects,
+  type Hosts,
   pattern,
   recvSrcQp,
   SendFlags,
@@ -25,7 +27,7 @@ import {
   sge,
   verbsSuite,
 } from "./players.ts";
-import { type Backend, GUEST_BASE, type GuestBuffer } from "../../mod.ts";
+import { GUEST_BASE, type GuestBuffer } from "../../mod.ts";
 
 verbsSuite("verbs: mr", (test) => {
   const LW = Access.LOCAL_WRITE;
@@ -33,7 +35,9 @@ verbsSuite("verbs: mr", (test) => {
   const RR = Access.REMOTE_READ;
   const RA = Access.REMOTE_ATOMIC;
 
-  test("reg_mr with every legal access combination: keys unique, fields as given", async (host) => {
+  test("reg_mr with every legal access combination: keys unique, fields as given", {
+    only: "same",
+  }, async ({ a: host }) => {
     await using p = await createPlayer(host);
     const buf = p.dev.allocBuffer(64 << 10, 4096);
     const combos = [0, LW, RR, LW | RW, LW | RR, LW | RA, LW | RW | RR, LW | RW | RR | RA, RR | LW];
@@ -54,32 +58,38 @@ verbsSuite("verbs: mr", (test) => {
     assert.equal(counts(host).mrs, 1);
   });
 
-  test("reg_mr refusals: unknown bits EINVAL, MW_BIND/ZERO_BASED/ON_DEMAND EOPNOTSUPP, outside memory EFAULT", async (host) => {
-    await using p = await createPlayer(host);
-    const buf = p.dev.allocBuffer(4096);
-    const before = counts(host).mrs;
-    await expectRejects(p.pd.regMr(buf, 0x80 | LW), "EINVAL", /access|0x8/i);
-    await expectRejects(p.pd.regMr(buf, RW), "EINVAL", /LOCAL_WRITE/);
-    await expectRejects(p.pd.regMr(buf, LW | Access.MW_BIND), "EOPNOTSUPP");
-    await expectRejects(p.pd.regMr(buf, LW | Access.ZERO_BASED), "EOPNOTSUPP");
-    await expectRejects(p.pd.regMr(buf, LW | Access.ON_DEMAND), "EOPNOTSUPP");
-    const outside: GuestBuffer = {
-      bytes: new Uint8Array(4096),
-      addr: buf.addr + (64n << 30n),
-      length: 4096,
-      free() {},
-    };
-    await expectRejects(p.pd.regMr(outside, LW), "EFAULT");
-    // Within maxMrSize but running past the end of guest memory.
-    const end = BigInt(GUEST_BASE) + p.dev.attr.maxMrSize;
-    const straddling: GuestBuffer = { ...outside, addr: end - 4096n, length: 8192 };
-    await expectRejects(p.pd.regMr(straddling, LW), "EFAULT");
-    assert.equal(counts(host).mrs, before, "no MR was created");
-  });
+  test(
+    "reg_mr refusals: unknown bits EINVAL, MW_BIND/ZERO_BASED/ON_DEMAND EOPNOTSUPP, outside memory EFAULT",
+    {
+      only: "same",
+    },
+    async ({ a: host }) => {
+      await using p = await createPlayer(host);
+      const buf = p.dev.allocBuffer(4096);
+      const before = counts(host).mrs;
+      await expectRejects(p.pd.regMr(buf, 0x80 | LW), "EINVAL", /access|0x8/i);
+      await expectRejects(p.pd.regMr(buf, RW), "EINVAL", /LOCAL_WRITE/);
+      await expectRejects(p.pd.regMr(buf, LW | Access.MW_BIND), "EOPNOTSUPP");
+      await expectRejects(p.pd.regMr(buf, LW | Access.ZERO_BASED), "EOPNOTSUPP");
+      await expectRejects(p.pd.regMr(buf, LW | Access.ON_DEMAND), "EOPNOTSUPP");
+      const outside: GuestBuffer = {
+        bytes: new Uint8Array(4096),
+        addr: buf.addr + (64n << 30n),
+        length: 4096,
+        free() {},
+      };
+      await expectRejects(p.pd.regMr(outside, LW), "EFAULT");
+      // Within maxMrSize but running past the end of guest memory.
+      const end = BigInt(GUEST_BASE) + p.dev.attr.maxMrSize;
+      const straddling: GuestBuffer = { ...outside, addr: end - 4096n, length: 8192 };
+      await expectRejects(p.pd.regMr(straddling, LW), "EFAULT");
+      assert.equal(counts(host).mrs, before, "no MR was created");
+    },
+  );
 
-  test("MR range: an SGE past the MR is LOC_PROT_ERR; a WRITE past the remote MR is REM_ACCESS_ERR", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("MR range: an SGE past the MR is LOC_PROT_ERR; a WRITE past the remote MR is REM_ACCESS_ERR", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     // A small MR in the middle of the client's buffer.
     const small = await client.pd.regMr(
@@ -102,8 +112,8 @@ verbsSuite("verbs: mr", (test) => {
     }, "1 byte past the local MR");
     await small.dereg();
 
-    await using c2 = await createPlayer(host);
-    await using s2 = await createPlayer(host);
+    await using c2 = await createPlayer(hosts.a);
+    await using s2 = await createPlayer(hosts.b);
     await connectPlayers(c2, s2);
     bytesAt(s2, s2.buf.length - 64, 64).fill(SENTINEL);
     c2.qp.postSend({
@@ -123,9 +133,9 @@ verbsSuite("verbs: mr", (test) => {
     expectFilled(bytesAt(s2, s2.buf.length - 64, 64), SENTINEL, "nothing was written");
   });
 
-  test("an MR over part of a buffer: writes land exactly where addressed", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("an MR over part of a buffer: writes land exactly where addressed", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     server.buf.bytes.fill(SENTINEL);
     const window = await server.pd.regMr(
@@ -155,15 +165,15 @@ verbsSuite("verbs: mr", (test) => {
     expectFilled(bytesAt(server, 9192, 4096), SENTINEL, "after the window");
   });
 
-  async function pdPair(host: Backend) {
-    const client = await createPlayer(host);
-    const server = await createPlayer(host);
+  async function pdPair(hosts: Hosts) {
+    const client = await createPlayer(hosts.a);
+    const server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     return { client, server };
   }
 
-  test("keys of another PD: a local lkey is LOC_PROT_ERR, a remote rkey is REM_ACCESS_ERR", async (host) => {
-    const { client, server } = await pdPair(host);
+  test("keys of another PD: a local lkey is LOC_PROT_ERR, a remote rkey is REM_ACCESS_ERR", async (hosts) => {
+    const { client, server } = await pdPair(hosts);
     await using _c = client;
     await using _s = server;
     const otherPd = await client.dev.allocPd();
@@ -182,7 +192,7 @@ verbsSuite("verbs: mr", (test) => {
       srcQp: sendSrcQp(client),
     }, "lkey of another PD");
 
-    const { client: c2, server: s2 } = await pdPair(host);
+    const { client: c2, server: s2 } = await pdPair(hosts);
     await using _c2 = c2;
     await using _s2 = s2;
     const serverPd2 = await s2.dev.allocPd();
@@ -203,9 +213,9 @@ verbsSuite("verbs: mr", (test) => {
     }, "rkey of another PD at the target");
   });
 
-  test("access on the data path: READ-only MR refuses WRITE; receives need LOCAL_WRITE", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host, { access: LW | RR });
+  test("access on the data path: READ-only MR refuses WRITE; receives need LOCAL_WRITE", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b, { access: LW | RR });
     await connectPlayers(client, server);
     // READ from a REMOTE_READ MR works.
     const data = pattern(8, 512);
@@ -244,9 +254,9 @@ verbsSuite("verbs: mr", (test) => {
     expectBytes(bytesAt(server, 0, 512), data, "the READ-only MR is unchanged");
   });
 
-  test("a receive SGE on an MR without LOCAL_WRITE: LOC_PROT_ERR there, REM_OP_ERR at the sender", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("a receive SGE on an MR without LOCAL_WRITE: LOC_PROT_ERR there, REM_OP_ERR at the sender", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     const ro = await server.pd.regMr(server.buf, RR);
     server.qp.postRecv({
@@ -276,9 +286,9 @@ verbsSuite("verbs: mr", (test) => {
     }, "sender of the refused SEND");
   });
 
-  test("dealloc PD with an MR is EBUSY; dereg then dealloc works; stale lkey fails locally", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("dealloc PD with an MR is EBUSY; dereg then dealloc works; stale lkey fails locally", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     const pd = await client.dev.allocPd();
     const buf = client.dev.allocBuffer(4096);

@@ -1,6 +1,6 @@
 /**
- * Every operation on the same-host path, as rdma-core's test_qpex.py runs
- * them: SEND, SEND_WITH_IMM, RDMA_WRITE, RDMA_WRITE_WITH_IMM, RDMA_READ and
+ * Every operation, on one host and across two, as rdma-core's test_qpex.py
+ * runs them: SEND, SEND_WITH_IMM, RDMA_WRITE, RDMA_WRITE_WITH_IMM, RDMA_READ and
  * the two atomics over RC; then inline data, several SGEs, zero-length
  * messages, unsignaled WRs, FENCE, SOLICITED with solicited-only arming, and
  * UC.
@@ -15,6 +15,7 @@ import {
   expectBytes,
   expectNoWc,
   expectOneWc,
+  expectTransport,
   expectWc,
   pattern,
   pollCq,
@@ -31,47 +32,67 @@ import {
 } from "./players.ts";
 
 verbsSuite("verbs: ops", (test) => {
-  test("RC SEND: 10 messages each way, every completion field and byte checked", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("RC SEND: 10 messages each way, every completion field and byte checked", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
-    await traffic(client, server, { opcode: "SEND", iters: 10, size: 1024 });
+    await expectTransport(
+      hosts,
+      client,
+      () => traffic(client, server, { opcode: "SEND", iters: 10, size: 1024 }),
+    );
   });
 
-  test("RC SEND_WITH_IMM: immediate data arrives with WITH_IMM set", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("RC SEND_WITH_IMM: immediate data arrives with WITH_IMM set", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
-    await traffic(client, server, { opcode: "SEND_WITH_IMM", iters: 10, size: 777 });
+    await expectTransport(
+      hosts,
+      client,
+      () => traffic(client, server, { opcode: "SEND_WITH_IMM", iters: 10, size: 777 }),
+    );
   });
 
-  test("RC RDMA_WRITE: bytes land at the remote address, no receive completion", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("RC RDMA_WRITE: bytes land at the remote address, no receive completion", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
-    await traffic(client, server, { opcode: "RDMA_WRITE", iters: 10, size: 4096 });
+    await expectTransport(
+      hosts,
+      client,
+      () => traffic(client, server, { opcode: "RDMA_WRITE", iters: 10, size: 4096 }),
+    );
     await expectNoWc(server.cq, 20, "a plain RDMA WRITE consumes no receive");
     await expectNoWc(client.cq, 0, "nothing left over at the client");
   });
 
-  test("RC RDMA_WRITE_WITH_IMM: consumes a receive, RECV_RDMA_WITH_IMM with byteLen", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("RC RDMA_WRITE_WITH_IMM: consumes a receive, RECV_RDMA_WITH_IMM with byteLen", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
-    await traffic(client, server, { opcode: "RDMA_WRITE_WITH_IMM", iters: 10, size: 3000 });
+    await expectTransport(
+      hosts,
+      client,
+      () => traffic(client, server, { opcode: "RDMA_WRITE_WITH_IMM", iters: 10, size: 3000 }),
+    );
   });
 
-  test("RC RDMA_READ: the requester gets the responder's bytes", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("RC RDMA_READ: the requester gets the responder's bytes", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
-    await traffic(client, server, { opcode: "RDMA_READ", iters: 10, size: 2048 });
+    await expectTransport(
+      hosts,
+      client,
+      () => traffic(client, server, { opcode: "RDMA_READ", iters: 10, size: 2048 }),
+    );
     await expectNoWc(server.cq, 20, "the responder of a READ sees no completion");
   });
 
-  test("RC ATOMIC_CMP_AND_SWP and ATOMIC_FETCH_AND_ADD: original value back, target updated", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("RC ATOMIC_CMP_AND_SWP and ATOMIC_FETCH_AND_ADD: original value back, target updated", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     const target = new DataView(server.buf.bytes.buffer, server.buf.bytes.byteOffset + 64, 8);
     const local = new DataView(client.buf.bytes.buffer, client.buf.bytes.byteOffset + 128, 8);
@@ -121,9 +142,9 @@ verbsSuite("verbs: ops", (test) => {
     await expectNoWc(server.cq, 20, "atomics consume no receive");
   });
 
-  test("messages of many MTUs and odd lengths: SEND, WRITE, READ of 64 KiB + 3", async (host) => {
-    await using client = await createPlayer(host, { bufBytes: 512 << 10 });
-    await using server = await createPlayer(host, { bufBytes: 512 << 10 });
+  test("messages of many MTUs and odd lengths: SEND, WRITE, READ of 64 KiB + 3", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { bufBytes: 512 << 10 });
+    await using server = await createPlayer(hosts.b, { bufBytes: 512 << 10 });
     await connectPlayers(client, server, { pathMtu: 1024 });
     const size = (64 << 10) + 3;
     await traffic(client, server, { opcode: "SEND", iters: 2, size });
@@ -132,9 +153,9 @@ verbsSuite("verbs: ops", (test) => {
     await traffic(client, server, { opcode: "RDMA_WRITE_WITH_IMM", iters: 2, size: 1 });
   });
 
-  test("inline SEND and RDMA_WRITE: data is taken at post time, lkey not needed", async (host) => {
-    await using client = await createPlayer(host, { cap: { maxInlineData: 128 } });
-    await using server = await createPlayer(host, { cap: { maxInlineData: 128 } });
+  test("inline SEND and RDMA_WRITE: data is taken at post time, lkey not needed", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { cap: { maxInlineData: 128 } });
+    await using server = await createPlayer(hosts.b, { cap: { maxInlineData: 128 } });
     await connectPlayers(client, server);
     await traffic(client, server, {
       opcode: "SEND",
@@ -183,9 +204,9 @@ verbsSuite("verbs: ops", (test) => {
     expectBytes(bytesAt(server, server.dstOff, 64), message, "inline payload");
   });
 
-  test("several SGEs: gather on send, scatter on receive, for SEND, WRITE and READ", async (host) => {
-    await using client = await createPlayer(host, { cap: { maxSendSge: 5, maxRecvSge: 3 } });
-    await using server = await createPlayer(host, { cap: { maxSendSge: 5, maxRecvSge: 3 } });
+  test("several SGEs: gather on send, scatter on receive, for SEND, WRITE and READ", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { cap: { maxSendSge: 5, maxRecvSge: 3 } });
+    await using server = await createPlayer(hosts.b, { cap: { maxSendSge: 5, maxRecvSge: 3 } });
     await connectPlayers(client, server);
     await traffic(client, server, {
       opcode: "SEND",
@@ -199,9 +220,9 @@ verbsSuite("verbs: ops", (test) => {
     await traffic(client, server, { opcode: "RDMA_READ", iters: 3, size: 9000, sendSges: 5 });
   });
 
-  test("zero-length SEND, SEND_WITH_IMM, WRITE_WITH_IMM, WRITE and READ complete with byteLen 0", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("zero-length SEND, SEND_WITH_IMM, WRITE_WITH_IMM, WRITE and READ complete with byteLen 0", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     await traffic(client, server, { opcode: "SEND", iters: 2, size: 0 });
     await traffic(client, server, { opcode: "SEND_WITH_IMM", iters: 2, size: 0 });
@@ -232,9 +253,9 @@ verbsSuite("verbs: ops", (test) => {
     });
   });
 
-  test("unsignaled WRs complete silently; signaled ones report, in order", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("unsignaled WRs complete silently; signaled ones report, in order", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     const n = 12;
     for (let i = 0; i < n; i++) {
@@ -298,12 +319,12 @@ verbsSuite("verbs: ops", (test) => {
     }
   });
 
-  test("a polled send completion frees its SQ slots at once: a full SQ can be reposted", async (host) => {
+  test("a polled send completion frees its SQ slots at once: a full SQ can be reposted", async (hosts) => {
     // ibv_poll_cq semantics: once the signaled WR's completion is polled, it
     // and the unsignaled WRs before it are retired, so the application may
     // post that many again right away (perftest's cq-mod loop relies on it).
-    await using client = await createPlayer(host, { cap: { maxSendWr: 16 } });
-    await using server = await createPlayer(host);
+    await using client = await createPlayer(hosts.a, { cap: { maxSendWr: 16 } });
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     // 64 KiB messages keep the device busy while the application polls, as in a bandwidth test.
     const depth = client.qp.cap.maxSendWr;
@@ -320,7 +341,10 @@ verbsSuite("verbs: ops", (test) => {
     // Two half-depth batches in flight; each polled completion makes room for one more.
     client.qp.postSend(batch());
     client.qp.postSend(batch());
-    for (let round = 0; round < 500; round++) {
+    // The point is SQ slot accounting, not volume: across hosts 100 rounds
+    // (51 MiB) exercise it as well and keep the case short.
+    const rounds = hosts.topology === "two" ? 100 : 500;
+    for (let round = 0; round < rounds; round++) {
       // Alternate a spinning poll and an event-driven wait, as applications do.
       let wcs = client.cq.poll(1);
       if (round % 2 === 0) {
@@ -343,9 +367,9 @@ verbsSuite("verbs: ops", (test) => {
     await pollCq(client.cq, 2);
   });
 
-  test("sqSigAll: every send WR completes even without SIGNALED", async (host) => {
-    await using client = await createPlayer(host, { sqSigAll: true });
-    await using server = await createPlayer(host);
+  test("sqSigAll: every send WR completes even without SIGNALED", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { sqSigAll: true });
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     client.qp.postSend([0, 1, 2].map((i) => ({
       wrId: BigInt(i),
@@ -368,9 +392,9 @@ verbsSuite("verbs: ops", (test) => {
     );
   });
 
-  test("FENCE: a SEND fenced behind an RDMA_READ carries the bytes the READ fetched", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("FENCE: a SEND fenced behind an RDMA_READ carries the bytes the READ fetched", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     const size = 16 << 10;
     for (let round = 0; round < 3; round++) {
@@ -426,9 +450,9 @@ verbsSuite("verbs: ops", (test) => {
     }
   });
 
-  test("SOLICITED: a solicited-only armed CQ raises an event for solicited messages only", async (host) => {
-    await using client = await createPlayer(host);
-    await using server = await createPlayer(host);
+  test("SOLICITED: a solicited-only armed CQ raises an event for solicited messages only", async (hosts) => {
+    await using client = await createPlayer(hosts.a);
+    await using server = await createPlayer(hosts.b);
     await connectPlayers(client, server);
     const events: number[] = [];
     const stop = server.dev.onCompletion(server.cq.handle, () => events.push(server.cq.handle));
@@ -492,9 +516,9 @@ verbsSuite("verbs: ops", (test) => {
     }
   });
 
-  test("many WRs in flight complete in posting order on both sides", async (host) => {
-    await using client = await createPlayer(host, { cap: { maxSendWr: 128, maxRecvWr: 128 } });
-    await using server = await createPlayer(host, { cap: { maxSendWr: 128, maxRecvWr: 128 } });
+  test("many WRs in flight complete in posting order on both sides", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { cap: { maxSendWr: 128, maxRecvWr: 128 } });
+    await using server = await createPlayer(hosts.b, { cap: { maxSendWr: 128, maxRecvWr: 128 } });
     await connectPlayers(client, server);
     const n = 100;
     server.qp.postRecv(Array.from({ length: n }, (_, i) => ({
@@ -537,11 +561,15 @@ verbsSuite("verbs: ops", (test) => {
     }
   });
 
-  test("UC: SEND, SEND_WITH_IMM, RDMA_WRITE and RDMA_WRITE_WITH_IMM", async (host) => {
-    await using client = await createPlayer(host, { qpType: "UC" });
-    await using server = await createPlayer(host, { qpType: "UC" });
+  test("UC: SEND, SEND_WITH_IMM, RDMA_WRITE and RDMA_WRITE_WITH_IMM", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { qpType: "UC" });
+    await using server = await createPlayer(hosts.b, { qpType: "UC" });
     await connectPlayers(client, server);
-    await traffic(client, server, { opcode: "SEND", iters: 3, size: 5000 });
+    await expectTransport(
+      hosts,
+      client,
+      () => traffic(client, server, { opcode: "SEND", iters: 3, size: 5000 }),
+    );
     await traffic(client, server, { opcode: "SEND_WITH_IMM", iters: 3, size: 10 });
     await traffic(client, server, { opcode: "RDMA_WRITE", iters: 3, size: 5000 });
     await traffic(client, server, { opcode: "RDMA_WRITE_WITH_IMM", iters: 3, size: 5000 });

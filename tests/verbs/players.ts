@@ -1,11 +1,16 @@
 /**
  * Shared resources for the verbs acceptance tests, shaped after rdma-core's
- * pyverbs suite (tests/base.py, tests/utils.py): one backend per suite with
- * each case a step ({@linkcode verbsSuite}), players (one guest each: device,
- * PD, MR over a buffer, CQ, QP) built by one helper,
+ * pyverbs suite (tests/base.py, tests/utils.py): per topology one set of
+ * backends per suite with each case a step ({@linkcode verbsSuite}), players
+ * (one guest each: device, PD, MR over a buffer, CQ, QP) built by one helper,
  * a connect step that swaps `{qpNum, psn, gid}`, and one `traffic()` that
  * posts, polls both CQs, checks every completion field and then the bytes
  * that arrived.
+ *
+ * A case gets `{ a, b }` hosts and builds its peer players on `b`: in the
+ * same-host topology `b === a`, in the two-host one `b` is another backend
+ * on another loopback IP, so the same case runs the memory-copy path and the
+ * RoCEv2/UDP path. `VERBS_TOPOLOGY=same|two` runs one topology only.
  *
  * Every wait here has a deadline: a hang becomes a failure naming what was
  * missing.
@@ -91,73 +96,239 @@ export async function withTimeout<T>(promise: Promise<T>, ms: number, what: stri
 }
 
 /**
- * Starts an in-process backend on a fresh socket, ip 127.0.0.1, silent.
- * The RoCEv2 UDP port is random: other suites on this machine may hold 4791,
- * and the same-host path must not need it anyway.
+ * Where a suite's two sides run. "same": every player on one backend (the
+ * same-host memory-copy path). "two": the peer players on a second backend
+ * with its own loopback IP, so their traffic crosses RoCEv2 over UDP.
  */
-export async function startHost(): Promise<Backend> {
+export type Topology = "same" | "two";
+
+/** Every topology, in the order suites register them. */
+const TOPOLOGIES: readonly Topology[] = ["same", "two"];
+
+/** How a topology shows in test names. */
+const TOPOLOGY_LABEL: Readonly<Record<Topology, string>> = {
+  same: "same host",
+  two: "two hosts",
+};
+
+/**
+ * The IPs of the two-host topology. Other suites on this machine use
+ * 127.0.0.1..3; these stay out of their way.
+ */
+export const TWO_HOST_IPS = ["127.0.0.12", "127.0.0.13"] as const;
+
+/** The backends one case runs against. */
+export interface Hosts {
+  /** Which topology they form. */
+  readonly topology: Topology;
+  /** The first host: cases put their client (requester) side here. */
+  readonly a: Backend;
+  /** The second host: cases put the peer side here. `a` itself in the same-host topology. */
+  readonly b: Backend;
+}
+
+/**
+ * The topologies selected by `VERBS_TOPOLOGY` (`same` or `two`); both when
+ * unset. Throws a `TypeError` naming any other value, so a typo does not
+ * silently run nothing.
+ */
+export function topologies(): Topology[] {
+  const wanted = Deno.env.get("VERBS_TOPOLOGY");
+  if (wanted === undefined || wanted === "") return [...TOPOLOGIES];
+  if (wanted !== "same" && wanted !== "two") {
+    throw new TypeError(`VERBS_TOPOLOGY "${wanted}" is not "same" or "two"`);
+  }
+  return [wanted];
+}
+
+/** A random UDP port for a fabric: 4791 may be held by other suites on this machine. */
+function randomPort(): number {
+  return 20000 + Math.floor(Math.random() * 40000);
+}
+
+/**
+ * Starts an in-process backend on a fresh socket, silent, at `ip` (default
+ * 127.0.0.1). Without `port` the RoCEv2 UDP port is random and a start that
+ * fails (the port is taken) is retried on another; with `port` it fails at once.
+ */
+export async function startHost(ip = "127.0.0.1", port?: number): Promise<Backend> {
   for (let attempt = 0;; attempt++) {
-    const port = 20000 + Math.floor(Math.random() * 40000);
     try {
       return await startBackend({
         socket: tempSocket("verbs"),
-        ip: "127.0.0.1",
-        port,
+        ip,
+        port: port ?? randomPort(),
         logLevel: "silent",
       });
     } catch (e) {
-      if (attempt >= 4) throw e;
+      if (port !== undefined || attempt >= 4) throw e;
     }
   }
 }
 
-/** One case of a suite: runs against the suite's backend. */
-export type Case = (host: Backend) => Promise<void>;
+/**
+ * Starts the backends of `topology`: one at 127.0.0.1, or two at
+ * {@linkcode TWO_HOST_IPS} on one random UDP port (the adapter sends to the
+ * port it listens on, so a fabric shares one). They start concurrently: each
+ * costs ~2 s of Worker start-up under `deno test`. If either fails (the port
+ * is taken on one IP), both are closed and another port is tried.
+ * Disposing the result closes every backend.
+ */
+export async function startHosts(topology: Topology): Promise<Hosts & AsyncDisposable> {
+  if (topology === "same") {
+    const a = await startHost();
+    return { topology, a, b: a, [Symbol.asyncDispose]: () => a.close() };
+  }
+  for (let attempt = 0;; attempt++) {
+    const port = randomPort();
+    const started = await Promise.allSettled(TWO_HOST_IPS.map((ip) => startHost(ip, port)));
+    const [a, b] = started.map((r) => r.status === "fulfilled" ? r.value : undefined);
+    if (a !== undefined && b !== undefined) {
+      const close = async () => void await Promise.all([a.close(), b.close()]);
+      try {
+        await skewQpNumbers(b, QPN_SKEW);
+      } catch (e) {
+        await close();
+        throw e;
+      }
+      return { topology, a, b, [Symbol.asyncDispose]: close };
+    }
+    await Promise.all([a?.close(), b?.close()]);
+    const failed = started.find((r) => r.status === "rejected") as PromiseRejectedResult;
+    if (attempt >= 4) throw failed.reason;
+  }
+}
+
+/** How far the second host's QP numbers are moved ahead of the first's. */
+const QPN_SKEW = 100;
+
+/**
+ * Uses up `n` QP numbers of `host` (create and destroy; numbers are not
+ * reused until they wrap). Two fresh hosts hand out the same numbers from
+ * 0x11 in lockstep, and a completion carrying its own QP number where the
+ * peer's belongs (srcQp) would then pass unnoticed. A suite creates far
+ * fewer than `n` more QPs on one host than on the other, so the numbers
+ * never meet again; {@linkcode connectPlayers} asserts it.
+ */
+async function skewQpNumbers(host: Backend, n: number): Promise<void> {
+  await using dev = await openDevice({ socket: host.socket, memoryBytes: 1 << 20 });
+  const pd = await dev.allocPd();
+  const cq = await dev.createCq({ cqe: 1 });
+  const cap = { maxSendWr: 1, maxRecvWr: 1, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 0 };
+  for (let i = 0; i < n; i++) {
+    await (await pd.createQp({ qpType: "UD", sendCq: cq, recvCq: cq, cap })).destroy();
+  }
+}
+
+/** The distinct backends of `hosts` (one in the same-host topology). */
+export function hostList(hosts: Hosts): Backend[] {
+  return hosts.a === hosts.b ? [hosts.a] : [hosts.a, hosts.b];
+}
+
+/** One case of a suite: runs against the suite's hosts. */
+export type Case = (hosts: Hosts) => Promise<void>;
+
+/** How a case is registered. */
+export interface CaseOptions {
+  /**
+   * Run the case in this topology only. `"same"` is for cases that are
+   * inherently one-host (one player, or asserting same-host counters);
+   * `"two"` for ones that assert the wire.
+   */
+  only?: Topology;
+}
+
+/** Adds a case to a suite: `test(name, fn)` or `test(name, options, fn)`, as `Deno.test`. */
+export interface AddCase {
+  /** A case for every topology. */
+  (name: string, fn: Case): void;
+  /** A case with options (e.g. one topology only). */
+  (name: string, options: CaseOptions, fn: Case): void;
+}
 
 /** The longest one case may take before it counts as hung. */
 export const CASE_MS = 30_000;
 
 /**
- * Registers one `Deno.test` named `name` whose steps are the cases `define`
- * adds, all against one backend. Starting a backend starts its data-plane
- * Worker, and under `deno test` each Worker's module graph is type-checked
- * again (about 2 s here), so a backend per case would cost minutes.
+ * Registers, per selected topology (see {@linkcode topologies}), one
+ * `Deno.test` named `<name> (same host)` / `<name> (two hosts)` whose steps
+ * are the cases `define` adds, all against that topology's backends.
+ * Starting a backend starts its data-plane Worker, and under `deno test` each
+ * Worker's module graph is type-checked again (about 2 s here), so backends
+ * per case would cost minutes.
  *
- * Before each case the backend must be back to no guests and no objects:
+ * Before each case every host must be back to no guests and no objects:
  * a case that leaks fails the next one's precondition, naming the counts.
  * Each case has a {@linkcode CASE_MS} watchdog so a hang becomes a failure.
  * `VERBS_CASE=<substring>` in the environment runs only matching cases.
  */
-export function verbsSuite(
-  name: string,
-  define: (test: (name: string, fn: Case) => void) => void,
-): void {
-  const cases: [string, Case][] = [];
-  define((caseName, fn) => cases.push([caseName, fn]));
-  const only = Deno.env.get("VERBS_CASE");
-  Deno.test(name, async (t) => {
-    await using host = await startHost();
-    for (const [caseName, fn] of cases) {
-      if (only && !caseName.includes(only)) continue;
-      await t.step(caseName, async () => {
-        await settled(host, `before "${caseName}"`);
-        await withTimeout(fn(host), CASE_MS, `case "${caseName}"`);
-      });
-    }
+export function verbsSuite(name: string, define: (test: AddCase) => void): void {
+  const cases: { name: string; fn: Case; options: CaseOptions }[] = [];
+  define((caseName: string, second: CaseOptions | Case, third?: Case) => {
+    const fn = typeof second === "function" ? second : third;
+    if (fn === undefined) throw new TypeError(`case "${caseName}" has no function`);
+    cases.push({ name: caseName, fn, options: typeof second === "function" ? {} : second });
   });
+  const only = Deno.env.get("VERBS_CASE");
+  for (const topology of topologies()) {
+    const mine = cases.filter((c) =>
+      (c.options.only === undefined || c.options.only === topology) &&
+      (!only || c.name.includes(only))
+    );
+    if (mine.length === 0) continue;
+    Deno.test(`${name} (${TOPOLOGY_LABEL[topology]})`, async (t) => {
+      await using hosts = await startHosts(topology);
+      for (const c of mine) {
+        await t.step(c.name, async () => {
+          await settled(hosts, `before "${c.name}"`);
+          await withTimeout(c.fn(hosts), CASE_MS, `case "${c.name}"`);
+        });
+      }
+    });
+  }
 }
 
-/** Waits until `host` serves no guest, then asserts no object is left. */
-export async function settled(host: Backend, what: string): Promise<void> {
-  const deadline = performance.now() + WAIT_MS;
-  while (host.stats().guests !== 0 && performance.now() < deadline) await sleep(5);
-  const s = host.stats() as Record<string, number>;
-  assert.equal(s.guests, 0, `${what}: guests still connected`);
-  assert.deepEqual(
-    counts(host),
-    { pds: 0, mrs: 0, cqs: 0, qps: 0, srqs: 0, ahs: 0 },
-    `${what}: objects left over from an earlier case`,
-  );
+/** Waits until no host serves a guest, then asserts no object is left on any. */
+export async function settled(hosts: Hosts, what: string): Promise<void> {
+  for (const host of hostList(hosts)) {
+    const deadline = performance.now() + WAIT_MS;
+    while (host.stats().guests !== 0 && performance.now() < deadline) await sleep(5);
+    const s = host.stats() as Record<string, number>;
+    assert.equal(s.guests, 0, `${what}: guests still connected to ${host.ip}`);
+    assert.deepEqual(
+      counts(host),
+      { pds: 0, mrs: 0, cqs: 0, qps: 0, srqs: 0, ahs: 0 },
+      `${what}: objects left over on ${host.ip} from an earlier case`,
+    );
+  }
+}
+
+/**
+ * Runs `run` (traffic `sender` starts) and then checks the path it took. On
+ * two hosts: the sender's host sent UDP packets and the other host received
+ * some. On one host: the local path carried it (`localOps` moved) and no UDP
+ * counter moved. Opt-in per case, so the other cases test verbs, not counters.
+ */
+export async function expectTransport<T>(
+  hosts: Hosts,
+  sender: Player,
+  run: () => Promise<T>,
+): Promise<T> {
+  const peer = sender.host === hosts.a ? hosts.b : hosts.a;
+  const before = new Map(hostList(hosts).map((h) => [h, h.stats()]));
+  const result = await run();
+  const moved = (h: Backend, key: "udpPacketsSent" | "udpPacketsReceived" | "localOps") =>
+    h.stats()[key] - before.get(h)![key];
+  if (hosts.topology === "two") {
+    assert.ok(moved(sender.host, "udpPacketsSent") > 0, `${sender.host.ip} sent no UDP packet`);
+    assert.ok(moved(peer, "udpPacketsReceived") > 0, `${peer.ip} received no UDP packet`);
+  } else {
+    assert.ok(moved(sender.host, "localOps") > 0, "no operation went through the local path");
+    for (const key of ["udpPacketsSent", "udpPacketsReceived"] as const) {
+      assert.equal(moved(sender.host, key), 0, `${key} moved on the same-host path`);
+    }
+  }
+  return result;
 }
 
 /** What a player is built with; everything has a default. */
@@ -389,6 +560,9 @@ export async function connectPlayers(
   b: Player,
   options: ConnectOptions = {},
 ): Promise<void> {
+  if (a.host !== b.host) {
+    assert.notEqual(a.qp.qpNum, b.qp.qpNum, "peers on two hosts need distinct QP numbers");
+  }
   await connectTo(a, remoteOf(b), options);
   await connectTo(b, remoteOf(a), options);
 }
@@ -556,6 +730,13 @@ export function expectBytes(actual: Uint8Array, expected: Uint8Array, what: stri
       );
     }
   }
+}
+
+/** Whether two byte arrays are equal. */
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** Asserts every byte of `bytes` is `value`. */
@@ -802,6 +983,13 @@ async function oneMessage(
   const arrived = isSend
     ? gatherFrom(receiver, recvSges, size + grh).subarray(grh)
     : bytesAt(receiver, receiver.dstOff, size);
+  if (op === "RDMA_WRITE" && sender.qpType === "UC") {
+    // UC has no ACK: the sender's completion says the WRITE left, not that it
+    // landed (across hosts it may still be on the wire), and nothing else
+    // completes. Wait for the bytes; expectBytes then names any difference.
+    const deadline = performance.now() + WAIT_MS;
+    while (!sameBytes(arrived, message) && performance.now() < deadline) await sleep(1);
+  }
   expectBytes(arrived, message, `${what}: data`);
   expectHolesUntouched(receiver, recvSges, 64, what);
 }

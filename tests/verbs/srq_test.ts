@@ -2,7 +2,8 @@
  * Shared receive queues, as rdma-core's test_srq.py uses them: several QPs
  * of one guest take receives from one SRQ in posting order; limits and post
  * refusals; an SRQ outlives the error state of a QP using it; EBUSY while in
- * use.
+ * use. Cases with one guest run on one host only; in the others the SRQ's
+ * guest is on the second host, its senders on the first.
  */
 
 import assert from "node:assert/strict";
@@ -30,13 +31,13 @@ import {
 } from "./players.ts";
 
 verbsSuite("verbs: srq", (test) => {
-  test("two QPs share one SRQ: receives are consumed in posting order, completions name each QP", async (host) => {
-    await using base = await createPlayer(host);
+  test("two QPs share one SRQ: receives are consumed in posting order, completions name each QP", async (hosts) => {
+    await using base = await createPlayer(hosts.b);
     const srq = await base.pd.createSrq({ maxWr: 64, maxSge: 2 });
-    await using s1 = await createPlayer(host, { dev: base.dev, pd: base.pd, srq });
-    await using s2 = await createPlayer(host, { dev: base.dev, pd: base.pd, srq });
-    await using c1 = await createPlayer(host);
-    await using c2 = await createPlayer(host);
+    await using s1 = await createPlayer(hosts.b, { dev: base.dev, pd: base.pd, srq });
+    await using s2 = await createPlayer(hosts.b, { dev: base.dev, pd: base.pd, srq });
+    await using c1 = await createPlayer(hosts.a);
+    await using c2 = await createPlayer(hosts.a);
     await connectPlayers(c1, s1);
     await connectPlayers(c2, s2);
     const n = 8;
@@ -81,7 +82,9 @@ verbsSuite("verbs: srq", (test) => {
     await traffic(c1, s1, { opcode: "RDMA_WRITE_WITH_IMM", iters: 2, size: 64, bothWays: false });
   });
 
-  test("create SRQ: maxWr and maxSge limits, srqLimit <= maxWr; refusals create nothing", async (host) => {
+  test("create SRQ: maxWr and maxSge limits, srqLimit <= maxWr; refusals create nothing", {
+    only: "same",
+  }, async ({ a: host }) => {
     await using p = await createPlayer(host);
     const attr = p.dev.attr;
     const before = counts(host).srqs!;
@@ -105,7 +108,9 @@ verbsSuite("verbs: srq", (test) => {
     assert.equal(counts(host).srqs, before);
   });
 
-  test("srq.postRecv refusals: too many SGEs and a full SRQ, naming the first bad WR", async (host) => {
+  test("srq.postRecv refusals: too many SGEs and a full SRQ, naming the first bad WR", {
+    only: "same",
+  }, async ({ a: host }) => {
     await using p = await createPlayer(host);
     const srq = await p.pd.createSrq({ maxWr: 4, maxSge: 1 });
     expectPostRefused(
@@ -135,12 +140,12 @@ verbsSuite("verbs: srq", (test) => {
     );
   });
 
-  test("a QP with an SRQ going to ERR leaves the SRQ's receives for the other QPs", async (host) => {
-    await using base = await createPlayer(host);
+  test("a QP with an SRQ going to ERR leaves the SRQ's receives for the other QPs", async (hosts) => {
+    await using base = await createPlayer(hosts.b);
     const srq = await base.pd.createSrq({ maxWr: 16, maxSge: 1 });
-    await using s1 = await createPlayer(host, { dev: base.dev, pd: base.pd, srq });
-    await using s2 = await createPlayer(host, { dev: base.dev, pd: base.pd, srq });
-    await using c2 = await createPlayer(host);
+    await using s1 = await createPlayer(hosts.b, { dev: base.dev, pd: base.pd, srq });
+    await using s2 = await createPlayer(hosts.b, { dev: base.dev, pd: base.pd, srq });
+    await using c2 = await createPlayer(hosts.a);
     await connectPlayers(c2, s2);
     srq.postRecv([{ wrId: 1n, sgList: [sge(base, 0, 64)] }, {
       wrId: 2n,
@@ -161,7 +166,9 @@ verbsSuite("verbs: srq", (test) => {
     }, "the first SRQ receive went to the live QP");
   });
 
-  test("destroy SRQ while a QP uses it is EBUSY; dealloc PD with an SRQ is EBUSY", async (host) => {
+  test("destroy SRQ while a QP uses it is EBUSY; dealloc PD with an SRQ is EBUSY", {
+    only: "same",
+  }, async ({ a: host }) => {
     await using base = await createPlayer(host);
     const srq = await base.pd.createSrq({ maxWr: 8, maxSge: 1 });
     const qp = await base.pd.createQp({
@@ -182,11 +189,11 @@ verbsSuite("verbs: srq", (test) => {
     assert.equal(counts(host).pds, 0);
   });
 
-  test("SRQ limit: SRQ_LIMIT_REACHED once the SRQ drops below srqLimit", async (host) => {
-    await using base = await createPlayer(host);
+  test("SRQ limit: SRQ_LIMIT_REACHED once the SRQ drops below srqLimit", async (hosts) => {
+    await using base = await createPlayer(hosts.b);
     const srq = await base.pd.createSrq({ maxWr: 16, maxSge: 1 });
-    await using s = await createPlayer(host, { dev: base.dev, pd: base.pd, srq });
-    await using c = await createPlayer(host);
+    await using s = await createPlayer(hosts.b, { dev: base.dev, pd: base.pd, srq });
+    await using c = await createPlayer(hosts.a);
     await connectPlayers(c, s);
     srq.postRecv(Array.from({ length: 4 }, (_, i) => ({
       wrId: BigInt(i),

@@ -1,13 +1,14 @@
 /**
- * UD on the same-host path, as rdma-core's UDResources tests use it: every
- * receive buffer starts with the 40-byte GRH area (first 20 bytes zero, last
- * 20 the IPv4 header the datagram came in), the completion's byteLen counts
- * it, srcQp names the sender, and a Q_Key mismatch silently drops the
- * message.
+ * UD on one host and across two, as rdma-core's UDResources tests use it:
+ * every receive buffer starts with the 40-byte GRH area (first 20 bytes zero,
+ * last 20 the IPv4 header the datagram came in, with the two hosts'
+ * addresses), the completion's byteLen counts it, srcQp names the sender, and
+ * a Q_Key mismatch silently drops the message.
  */
 
 import assert from "node:assert/strict";
 import {
+  type Ah,
   bytesAt,
   connectPlayers,
   connectTo,
@@ -17,6 +18,7 @@ import {
   expectNoWc,
   expectOneWc,
   expectThrows,
+  expectTransport,
   GRH_BYTES,
   pattern,
   type Player,
@@ -33,16 +35,20 @@ import {
 } from "./players.ts";
 
 verbsSuite("verbs: ud", (test) => {
-  test("UD SEND: 10 datagrams each way, GRH area first, byteLen counts it", async (host) => {
-    await using client = await createPlayer(host, { qpType: "UD" });
-    await using server = await createPlayer(host, { qpType: "UD" });
+  test("UD SEND: 10 datagrams each way, GRH area first, byteLen counts it", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { qpType: "UD" });
+    await using server = await createPlayer(hosts.b, { qpType: "UD" });
     await connectPlayers(client, server);
-    await traffic(client, server, { opcode: "SEND", iters: 10, size: 1000 });
+    await expectTransport(
+      hosts,
+      client,
+      () => traffic(client, server, { opcode: "SEND", iters: 10, size: 1000 }),
+    );
   });
 
-  test("UD SEND_WITH_IMM and several SGEs", async (host) => {
-    await using client = await createPlayer(host, { qpType: "UD" });
-    await using server = await createPlayer(host, { qpType: "UD" });
+  test("UD SEND_WITH_IMM and several SGEs", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { qpType: "UD" });
+    await using server = await createPlayer(hosts.b, { qpType: "UD" });
     await connectPlayers(client, server);
     await traffic(client, server, { opcode: "SEND_WITH_IMM", iters: 5, size: 2048 });
     await traffic(client, server, {
@@ -54,15 +60,23 @@ verbsSuite("verbs: ud", (test) => {
     });
   });
 
-  test("UD zero-length SEND: byteLen is the GRH alone", async (host) => {
-    await using client = await createPlayer(host, { qpType: "UD" });
-    await using server = await createPlayer(host, { qpType: "UD" });
+  test("UD zero-length SEND: byteLen is the GRH alone", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { qpType: "UD" });
+    await using server = await createPlayer(hosts.b, { qpType: "UD" });
     await connectPlayers(client, server);
     await traffic(client, server, { opcode: "SEND", iters: 2, size: 0 });
   });
 
-  /** Reads the 20-byte IPv4 header at the end of a GRH area and checks it. */
-  function checkGrh(grh: Uint8Array, payload: number, imm: boolean, what: string): void {
+  /**
+   * Reads the 20-byte IPv4 header at the end of a GRH area and checks it:
+   * the datagram of `payload` bytes (with or without immediate data) came
+   * from `from`'s host to `to`'s.
+   */
+  function checkGrh(
+    grh: Uint8Array,
+    expected: { from: Player; to: Player; payload: number; imm: boolean; what: string },
+  ): void {
+    const { payload, imm, what } = expected;
     expectFilled(grh.subarray(0, 20), 0, `${what}: first 20 GRH bytes`);
     const ip = new DataView(grh.buffer, grh.byteOffset + 20, 20);
     assert.equal(ip.getUint8(0), 0x45, `${what}: IPv4, 20-byte header`);
@@ -71,8 +85,13 @@ verbsSuite("verbs: ud", (test) => {
     const total = 20 + 8 + 12 + 8 + (imm ? 4 : 0) + payload + pad + 4;
     assert.equal(ip.getUint16(2), total, `${what}: IPv4 total length`);
     assert.equal(ip.getUint8(9), 17, `${what}: protocol UDP`);
-    assert.deepEqual([...grh.subarray(32, 36)], [127, 0, 0, 1], `${what}: source address`);
-    assert.deepEqual([...grh.subarray(36, 40)], [127, 0, 0, 1], `${what}: destination address`);
+    const octets = (p: Player) => p.host.ip.split(".").map(Number);
+    assert.deepEqual([...grh.subarray(32, 36)], octets(expected.from), `${what}: source address`);
+    assert.deepEqual(
+      [...grh.subarray(36, 40)],
+      octets(expected.to),
+      `${what}: destination address`,
+    );
     let sum = 0;
     for (let i = 0; i < 20; i += 2) sum += ip.getUint16(i);
     while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
@@ -83,7 +102,7 @@ verbsSuite("verbs: ud", (test) => {
     sender: Player,
     receiver: Player,
     payload: number,
-    options: { imm?: number; remoteQkey?: number; recvBytes?: number; wrId: bigint },
+    options: { imm?: number; remoteQkey?: number; ah?: Ah; wrId: bigint },
   ): Promise<void> {
     sender.qp.postSend({
       wrId: options.wrId,
@@ -92,7 +111,7 @@ verbsSuite("verbs: ud", (test) => {
       sgList: [sge(sender, 0, payload)],
       ...(options.imm === undefined ? {} : { immData: options.imm }),
       ud: {
-        ah: sender.ah!,
+        ah: options.ah ?? sender.ah!,
         remoteQpn: receiver.qp.qpNum,
         remoteQkey: options.remoteQkey ?? receiver.qkey,
       },
@@ -109,9 +128,9 @@ verbsSuite("verbs: ud", (test) => {
     }, `UD send ${options.wrId}`);
   }
 
-  test("UD GRH: zero first half, a valid IPv4 header with the datagram's lengths", async (host) => {
-    await using client = await createPlayer(host, { qpType: "UD" });
-    await using server = await createPlayer(host, { qpType: "UD" });
+  test("UD GRH: zero first half, a valid IPv4 header with the datagram's lengths", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { qpType: "UD" });
+    await using server = await createPlayer(hosts.b, { qpType: "UD" });
     await connectPlayers(client, server);
     for (
       const [i, [payload, imm]] of ([[1001, false], [64, true], [0, false]] as const).entries()
@@ -130,7 +149,13 @@ verbsSuite("verbs: ud", (test) => {
         srcQp: recvSrcQp(client),
         wcFlags: WC_GRH | (imm ? WC_WITH_IMM : 0),
       }, `datagram ${i}`);
-      checkGrh(bytesAt(server, server.dstOff, GRH_BYTES), payload, imm, `datagram ${i}`);
+      checkGrh(bytesAt(server, server.dstOff, GRH_BYTES), {
+        from: client,
+        to: server,
+        payload,
+        imm,
+        what: `datagram ${i}`,
+      });
       expectBytes(
         bytesAt(server, server.dstOff + GRH_BYTES, payload),
         pattern(i, payload),
@@ -144,9 +169,9 @@ verbsSuite("verbs: ud", (test) => {
     }
   });
 
-  test("UD Q_Key mismatch: the datagram is dropped, the receive stays posted", async (host) => {
-    await using client = await createPlayer(host, { qpType: "UD" });
-    await using server = await createPlayer(host, { qpType: "UD" });
+  test("UD Q_Key mismatch: the datagram is dropped, the receive stays posted", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { qpType: "UD" });
+    await using server = await createPlayer(hosts.b, { qpType: "UD" });
     await connectPlayers(client, server);
     bytesAt(server, server.dstOff, 1024).fill(SENTINEL);
     server.qp.postRecv({ wrId: 1n, sgList: [sge(server, server.dstOff, 1024)] });
@@ -170,10 +195,10 @@ verbsSuite("verbs: ud", (test) => {
     expectBytes(bytesAt(server, server.dstOff + GRH_BYTES, 100), pattern(3, 100), "payload");
   });
 
-  test("UD remote Q_Key with the top bit set means the sender's own Q_Key", async (host) => {
-    await using client = await createPlayer(host, { qpType: "UD" });
-    await using server = await createPlayer(host, { qpType: "UD" });
-    await using other = await createPlayer(host, { qpType: "UD" });
+  test("UD remote Q_Key with the top bit set means the sender's own Q_Key", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { qpType: "UD" });
+    await using server = await createPlayer(hosts.b, { qpType: "UD" });
+    await using other = await createPlayer(hosts.a, { qpType: "UD" });
     other.qkey = 0x22222222;
     await connectPlayers(client, server);
     await connectTo(other, remoteOf(server));
@@ -196,16 +221,18 @@ verbsSuite("verbs: ud", (test) => {
     await expectNoWc(server.cq, 40, "the sender's own Q_Key does not match");
   });
 
-  test("UD: one QP reaches two receivers; each completion names the sender", async (host) => {
-    await using client = await createPlayer(host, { qpType: "UD" });
-    await using a = await createPlayer(host, { qpType: "UD" });
-    await using b = await createPlayer(host, { qpType: "UD" });
-    await connectPlayers(client, a);
-    await connectTo(b, remoteOf(client));
-    for (const [i, r] of [a, b, a, b].entries()) {
+  test("UD: one QP reaches two receivers, a far and a near one; each completion names the sender", async (hosts) => {
+    // Across hosts one datagram goes over UDP, the next to the sender's own host.
+    await using client = await createPlayer(hosts.a, { qpType: "UD" });
+    await using far = await createPlayer(hosts.b, { qpType: "UD" });
+    await using near = await createPlayer(hosts.a, { qpType: "UD" });
+    await connectPlayers(client, far);
+    await connectTo(near, remoteOf(client));
+    const nearAh = await client.pd.createAh({ dgid: near.host.gid, portNum: 1 });
+    for (const [i, r] of [far, near, far, near].entries()) {
       r.qp.postRecv({ wrId: BigInt(i), sgList: [sge(r, r.dstOff, 1024)] });
       bytesAt(client, 0, 200).set(pattern(i, 200));
-      await udSend(client, r, 200, { wrId: BigInt(50 + i) });
+      await udSend(client, r, 200, { wrId: BigInt(50 + i), ah: r === far ? client.ah! : nearAh });
       await expectOneWc(r.cq, {
         wrId: BigInt(i),
         status: "SUCCESS",
@@ -220,9 +247,9 @@ verbsSuite("verbs: ud", (test) => {
     }
   });
 
-  test("UD receive buffer without room for GRH + payload: LOC_LEN_ERR at the receiver only", async (host) => {
-    await using client = await createPlayer(host, { qpType: "UD" });
-    await using server = await createPlayer(host, { qpType: "UD" });
+  test("UD receive buffer without room for GRH + payload: LOC_LEN_ERR at the receiver only", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { qpType: "UD" });
+    await using server = await createPlayer(hosts.b, { qpType: "UD" });
     await connectPlayers(client, server);
     // 100 bytes of payload need 140: give 139.
     server.qp.postRecv({ wrId: 9n, sgList: [sge(server, server.dstOff, GRH_BYTES + 99)] });
@@ -236,9 +263,9 @@ verbsSuite("verbs: ud", (test) => {
     });
   });
 
-  test("UD refuses RDMA and atomic opcodes and a WR without ud at post time", async (host) => {
-    await using client = await createPlayer(host, { qpType: "UD" });
-    await using server = await createPlayer(host, { qpType: "UD" });
+  test("UD refuses RDMA and atomic opcodes and a WR without ud at post time", async (hosts) => {
+    await using client = await createPlayer(hosts.a, { qpType: "UD" });
+    await using server = await createPlayer(hosts.b, { qpType: "UD" });
     await connectPlayers(client, server);
     const ud = { ah: client.ah!, remoteQpn: server.qp.qpNum, remoteQkey: UD_QKEY };
     expectThrows(
