@@ -201,21 +201,17 @@ export class VerbsEngine {
       return;
     }
     // No response: the requester's transport timer runs out and it resends,
-    // up to retryCnt times. Timeout 0 means wait forever.
-    const timeout = transportTimeoutMs(qp.timeout);
-    if (budget.retryLeft === 0 && timeout !== Infinity) {
-      this.#retire(guest, qp, head, wqe, WcStatus.RETRY_EXC_ERR, 0);
-      return;
-    }
+    // up to retryCnt times; the last attempt's timeout ends the WR, as on the
+    // wire (retryCnt + 1 sends). Timeout 0 means wait forever.
     this.#held.set(qp, {
       guest,
       qp,
       head,
       wqe,
-      deadline: now + timeout,
+      deadline: now + transportTimeoutMs(qp.timeout),
       why: "noResponse",
       rnrLeft: budget.rnrLeft,
-      retryLeft: Math.max(0, budget.retryLeft - 1),
+      retryLeft: budget.retryLeft,
     });
   }
 
@@ -365,6 +361,13 @@ export class VerbsEngine {
       this.#held.delete(held.qp);
       const { guest, qp } = held;
       if (qp.state !== "RTS" && qp.state !== "SQD") continue;
+      if (held.why === "noResponse") {
+        if (held.retryLeft === 0) {
+          this.#retire(guest, qp, held.head, held.wqe, WcStatus.RETRY_EXC_ERR, 0);
+          continue;
+        }
+        held.retryLeft--;
+      }
       this.#attempt(guest, qp, held.head, held.wqe, held);
       if (!this.#held.has(qp)) this.serviceSq(guest, qp);
     }
