@@ -35,6 +35,7 @@ import { Outbox, SLOT_BYTES } from "./outbox.ts";
 import { isReadOrAtomic, PendingWr, scatterAt } from "./pending_wr.ts";
 import { Requester } from "./requester.ts";
 import { Responder } from "./responder.ts";
+import { newQpCounters, type QpCounters } from "./qp_counters.ts";
 
 /** What the adapter calls back into the verbs engine for. */
 export interface AdapterCallbacks {
@@ -115,6 +116,7 @@ export class HostAdapter implements Link {
   readonly #views = new SgeViews();
   readonly #grh = new Uint8Array(GRH_BYTES);
   readonly #udPsn = new Map<EngineQp, number>();
+  readonly #qpCounters = new Map<EngineQp, QpCounters>();
   readonly #flow = { srcIp: 0, dstIp: 0, srcPort: 0, dstPort: 0, ipId: 0 };
   readonly #localIp: string;
 
@@ -149,6 +151,21 @@ export class HostAdapter implements Link {
   /** See {@linkcode Link.release}. */
   release(guest: EngineGuest, qp: EngineQp, wr: PendingWr): void {
     this.#callbacks.release(guest, qp, wr);
+  }
+
+  /** See {@linkcode Link.qpCounters}. */
+  qpCounters(qp: EngineQp): QpCounters {
+    let c = this.#qpCounters.get(qp);
+    if (c === undefined) {
+      c = newQpCounters();
+      this.#qpCounters.set(qp, c);
+    }
+    return c;
+  }
+
+  /** The counters of every QP that has used the wire, with its QP. */
+  allQpCounters(): [EngineQp, QpCounters][] {
+    return [...this.#qpCounters];
   }
 
   /** See {@linkcode Link.blocked}. */
@@ -245,6 +262,9 @@ export class HostAdapter implements Link {
       icrc: null,
     });
     this.outbox.commit(length, dstIp, udSourcePort(qp.qpNum));
+    const stats = this.qpCounters(qp);
+    stats.sentPkts++;
+    stats.sentBytes += length;
   }
 
   /** Receives and handles what has arrived, then sends what that produced. Returns packets taken. */
@@ -315,6 +335,9 @@ export class HostAdapter implements Link {
       return;
     }
     const { qp, guest } = found;
+    const stats = this.qpCounters(qp);
+    stats.rcvdPkts++;
+    stats.rcvdBytes += bytes.length;
     if (pkt.info.transport !== qp.qpType) {
       counters.add("badPackets");
       return;
@@ -427,6 +450,7 @@ export class HostAdapter implements Link {
 
   /** Forgets a destroyed QP. */
   forget(qp: EngineQp): void {
+    this.#qpCounters.delete(qp);
     const r = this.#requesters.get(qp);
     this.#requesters.delete(qp);
     r?.release();

@@ -8,6 +8,7 @@ import type { Counters } from "../data_plane/stats.ts";
 import type { EngineGuest, EngineHost, EngineQp } from "../engine/types.ts";
 import type { Outbox } from "./outbox.ts";
 import type { PendingWr } from "./pending_wr.ts";
+import type { QpCounters } from "./qp_counters.ts";
 
 /** The adapter's services to one QP's state machines. */
 export interface Link {
@@ -27,6 +28,8 @@ export interface Link {
   retire(guest: EngineGuest, qp: EngineQp, wr: PendingWr, status: number, byteLen: number): void;
   /** Gives a send WR's SQ slot back without a completion (the QP went to RESET). */
   release(guest: EngineGuest, qp: EngineQp, wr: PendingWr): void;
+  /** The counters of `qp` (kept until the QP is destroyed). */
+  qpCounters(qp: EngineQp): QpCounters;
   /** Asks to be pumped again once the outbox has room. */
   blocked(pump: { pump(): void }): void;
 }

@@ -26,6 +26,7 @@ import type { EngineGuest, EngineQp } from "../engine/types.ts";
 import type { Link } from "./link.ts";
 import { gatherAt, PendingWr, scatterAt } from "./pending_wr.ts";
 import { AethType, aethType, NakCode } from "./aeth.ts";
+import type { QpCounters } from "./qp_counters.ts";
 
 /** Most PSNs sent and not yet acknowledged; bounds what a lost ACK costs and the peer's queue. */
 export const SEND_WINDOW = 512;
@@ -116,6 +117,7 @@ export class Requester {
   #lastGoBack = -1;
   #sinceAckReq = 0;
   #dead = false;
+  readonly #stats: QpCounters;
 
   /** The requester of `qp` (in RTS, peer at `dstIp`), sending from UDP port `srcPort`. */
   constructor(
@@ -138,6 +140,7 @@ export class Requester {
     this.#sentEnd = qp.sqPsn;
     this.#retryLeft = qp.retryCnt;
     this.#rnrLeft = qp.rnrRetry;
+    this.#stats = link.qpCounters(qp);
   }
 
   /** Outstanding WRs. */
@@ -261,9 +264,13 @@ export class Requester {
     }
     const bytes = buildPacket(slot, fields);
     link.outbox.commit(bytes, this.#dstIp, this.#srcPort);
+    const stats = this.#stats;
+    stats.sentPkts++;
+    stats.sentBytes += bytes;
     if (psnDiff(end, this.#sentEnd) > 0) {
       this.#sentEnd = end;
     } else {
+      stats.retransmittedPkts++;
       link.counters.add("retransmittedPackets");
     }
   }
@@ -295,10 +302,12 @@ export class Requester {
         return;
       case AethType.RNR_NAK: {
         counters.add("rnrNaksReceived");
+        this.#stats.rcvdRnrErr++;
         if (!this.#ackThrough(psnAdd(psn, -1))) return;
         if (psn !== this.#unacked) return;
         if (this.#rnrLeft === 0) {
           counters.add("rnrRetryExceeded");
+          this.#stats.retryRnrExceededErr++;
           this.#completeHead(WcStatus.RNR_RETRY_EXC_ERR, 0);
           return;
         }
@@ -315,10 +324,12 @@ export class Requester {
         if (psn !== this.#unacked) return;
         if (code === NakCode.PSN_SEQUENCE_ERROR) {
           counters.add("seqNaksReceived");
+          this.#stats.rcvdSeqErr++;
           this.#goBack(psn, false);
           return;
         }
         counters.add("fatalNaksReceived");
+        this.#stats.rcvdFatalNak++;
         this.#completeHead(nakStatus(code), 0);
         return;
       }
@@ -450,6 +461,7 @@ export class Requester {
     for (let j = 0; j < i; j++) if (wrs[j]!.readOrAtomic) reads++;
     this.#readsInFlight = reads;
     this.#link.counters.add("retransmits");
+    this.#stats.completerRetryErr++;
     this.#deadline = this.#link.now() + this.#timeoutMs;
     this.pump();
   }
@@ -470,8 +482,10 @@ export class Requester {
       return;
     }
     this.#link.counters.add("timeouts");
+    this.#stats.timeouts++;
     if (this.#retryLeft === 0) {
       this.#link.counters.add("retryExceeded");
+      this.#stats.retryExceededErr++;
       this.#completeHead(WcStatus.RETRY_EXC_ERR, 0);
       return;
     }

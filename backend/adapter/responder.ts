@@ -35,6 +35,7 @@ import type { EngineGuest, EngineQp } from "../engine/types.ts";
 import { ACK_SYNDROME, NakCode, nakSyndrome, rnrNakSyndrome } from "./aeth.ts";
 import type { Link } from "./link.ts";
 import { scatterAt } from "./pending_wr.ts";
+import type { QpCounters } from "./qp_counters.ts";
 
 /** A READ or atomic kept to answer its duplicates. */
 interface Saved {
@@ -84,6 +85,7 @@ export class Responder {
   readonly #jobs: ReadJob[] = [];
   #dead = false;
   #established = false;
+  readonly #stats: QpCounters;
 
   /** The responder of `qp` (RTR or later), answering `path.dstIp` from `path.srcPort`. */
   constructor(
@@ -100,6 +102,7 @@ export class Responder {
     this.#mtu = qp.pathMtu;
     this.#reliable = qp.qpType === "RC";
     this.#ePsn = qp.rqPsn;
+    this.#stats = link.qpCounters(qp);
   }
 
   /** Whether READ responses wait for room in the outbox. */
@@ -116,21 +119,25 @@ export class Responder {
     if (this.#reliable) {
       if (d > 0) {
         counters.add("outOfSequence");
+        this.#stats.outOfSeqRequest++;
         if (!this.#nakSent) {
           this.#nakSent = true;
           this.#nak(nakSyndrome(NakCode.PSN_SEQUENCE_ERROR), this.#ePsn);
           counters.add("seqNaksSent");
+          this.#stats.sendSeqErr++;
         }
         return;
       }
       if (d < 0) {
         counters.add("duplicateRequests");
+        this.#stats.duplicateRequest++;
         this.#duplicate(pkt);
         return;
       }
     } else if (d !== 0) {
       // UC: packets were lost; the message in progress is gone.
       counters.add("outOfSequence");
+      this.#stats.outOfSeqRequest++;
       if (this.#message !== "none") this.#message = "drop";
       this.#ePsn = psn;
     }
@@ -401,6 +408,7 @@ export class Responder {
   #noReceive(psn: number): void {
     if (this.#reliable) {
       this.#link.counters.add("rnrNaksSent");
+      this.#stats.sendRnrErr++;
       this.#nakSent = true;
       this.#nak(rnrNakSyndrome(this.#qp.minRnrTimer), psn);
     } else {
@@ -422,6 +430,7 @@ export class Responder {
   #fatal(code: number, psn: number, _why: string): void {
     const counters = this.#link.counters;
     counters.add(code === NakCode.REMOTE_ACCESS ? "accessNaksSent" : "fatalNaksSent");
+    this.#stats.sendFatalNak++;
     if (this.#reliable) this.#nak(nakSyndrome(code), psn);
     else if (code !== NakCode.REMOTE_ACCESS) {
       // UC: the message is dropped; the QP carries on.
@@ -472,6 +481,8 @@ export class Responder {
       icrc: null,
     });
     outbox.commit(length, this.#dstIp, this.#srcPort);
+    this.#stats.sentPkts++;
+    this.#stats.sentBytes += length;
   }
 
   /** Sends READ responses while the outbox has room. */
@@ -509,6 +520,8 @@ export class Responder {
         icrc: null,
       });
       outbox.commit(length_, this.#dstIp, this.#srcPort);
+      this.#stats.sentPkts++;
+      this.#stats.sentBytes += length_;
       if (++job.next === n) jobs.shift();
     }
   }

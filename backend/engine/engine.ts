@@ -23,6 +23,7 @@ import { ParsedWqe, readWqe } from "./wqe_reader.ts";
 import type { EngineGuest, EngineHost, EngineQp, EngineSrq } from "./types.ts";
 import { HostAdapter } from "../adapter/host_adapter.ts";
 import type { RoceTransport } from "../roce/transport.ts";
+import type { QpCounters } from "../adapter/qp_counters.ts";
 
 /** Options of {@linkcode VerbsEngine}. */
 export interface VerbsEngineOptions {
@@ -110,6 +111,19 @@ export class VerbsEngine {
   /** Receives and handles the RoCE packets waiting; returns how many. */
   poll(): number {
     return this.#adapter?.poll() ?? 0;
+  }
+
+  /**
+   * Per-QP wire counters of every QP that has sent or received RoCE
+   * packets: its number, its guest and handle, and the counters
+   * (`backend/adapter/qp_counters.ts`).
+   */
+  qpCounters(): { qpNum: number; qpHandle: number; counters: Readonly<QpCounters> }[] {
+    return (this.#adapter?.allQpCounters() ?? []).map(([qp, counters]) => ({
+      qpNum: qp.qpNum,
+      qpHandle: qp.handle,
+      counters,
+    }));
   }
 
   /** Closes the RoCE transport. */
