@@ -271,9 +271,11 @@ export class HostAdapter implements Link {
   poll(): number {
     const rx = this.#rx;
     let total = 0;
+    let totalBytes = 0;
     for (let round = 0; round < MAX_BATCHES_PER_POLL; round++) {
       const n = this.#transport.receive(rx);
       total += n;
+      for (let i = 0; i < n; i++) totalBytes += rx.lengths[i]!;
       for (let i = 0; i < n; i++) {
         try {
           this.#handle(i);
@@ -287,10 +289,16 @@ export class HostAdapter implements Link {
       if (n < rx.capacity) break;
     }
     if (total > 0) this.counters.add("udpPacketsReceived", total);
+    if (total > 0) this.counters.add("udpBytesReceived", totalBytes);
     for (const r of this.#touched) r.sendAck();
     this.#touched.clear();
     this.#drain();
     return total;
+  }
+
+  /** Sends what is queued (see {@linkcode HostAdapter.poll} for when else that happens). */
+  flush(): void {
+    this.#drain();
   }
 
   /** Sends queued packets and lets the blocked state machines go on while there is room. */

@@ -80,6 +80,9 @@ export class Outbox {
     if (count === 0) return true;
     const sent = this.#transport.sendBatch(batch, { start: 0, count });
     this.#counters.add("udpPacketsSent", sent);
+    let sentBytes = 0;
+    for (let i = 0; i < sent; i++) sentBytes += batch.lengths[i]!;
+    this.#counters.add("udpBytesSent", sentBytes);
     if (sent === count) {
       batch.count = 0;
       return true;

@@ -16,7 +16,7 @@
 
 import { Epoll } from "../../virtqueue/sys/epoll.ts";
 import { EventFd } from "../../virtqueue/sys/eventfd.ts";
-import { closeFd } from "../../virtqueue/sys/libc.ts";
+import { closeFd, yieldCpu } from "../../virtqueue/sys/libc.ts";
 import { EventType } from "../../protocol/device_interface.ts";
 import { GuestDevice } from "./guest_device.ts";
 import { HostTables } from "../device/host_tables.ts";
@@ -25,7 +25,12 @@ import { hostView } from "../engine/host_view.ts";
 import { Counters } from "./stats.ts";
 import { UdpTransport } from "../roce/transport.ts";
 import type { WorkerInit } from "./client.ts";
-import type { DataPlaneNotice, DataPlaneReply, SequencedCommand } from "./messages.ts";
+import type {
+  DataPlaneNotice,
+  DataPlaneReply,
+  QpCounterRow,
+  SequencedCommand,
+} from "./messages.ts";
 
 /**
  * How long to keep polling after the last work, in milliseconds. Waking a
@@ -125,7 +130,25 @@ async function run(init: WorkerInit): Promise<void> {
     }
   };
 
-  const execute = (cmd: SequencedCommand): number | undefined => {
+  // The wire counters live here, with the adapter; the service thread asks for a copy.
+  const qpCounterRows = (): QpCounterRow[] =>
+    engine.qpCounters().flatMap((row) => {
+      const qp = hostTables.qpByNum(row.qpNum);
+      if (qp === undefined) return [];
+      const connected = qp.qpType !== "UD";
+      return [{
+        guest: qp.guest.id,
+        qpNum: row.qpNum,
+        qpHandle: row.qpHandle,
+        qpType: qp.qpType,
+        state: qp.state,
+        destQpNum: connected ? qp.destQpNum : 0,
+        dgid: connected ? qp.ahAttr.dgid : "",
+        counters: { ...row.counters },
+      }];
+    });
+
+  const execute = (cmd: Exclude<SequencedCommand, { cmd: "qpCounters" }>): number | undefined => {
     if (cmd.cmd === "stop") return undefined;
     if (cmd.cmd === "addGuest") {
       if (guests.has(cmd.guest)) throw new Error(`guest ${cmd.guest} exists`);
@@ -212,7 +235,8 @@ async function run(init: WorkerInit): Promise<void> {
     }
     // Held WRs (RNR waits, retries) bound the sleep; epoll counts whole
     // milliseconds, so a sub-millisecond wait is spent polling.
-    const due = engine.nextTimeout();
+    const before = performance.now();
+    const due = engine.nextTimeout(before);
     const sleep = spinning || due < 1 ? 0 : due === Infinity ? -1 : Math.floor(due);
     const n = epoll.wait(sleep);
     let worked = false;
@@ -236,7 +260,9 @@ async function run(init: WorkerInit): Promise<void> {
     if (spinning) {
       for (const g of guests.values()) worked = serve(g, service) || worked;
     }
-    if (due !== Infinity) {
+    // Only when one is due: a retransmission timer is armed for every WR in
+    // flight, and looking at all of them each round costs the hot path.
+    if (due !== Infinity && performance.now() >= before + due) {
       try {
         engine.runTimers();
       } catch (e) {
@@ -252,7 +278,9 @@ async function run(init: WorkerInit): Promise<void> {
       expected--;
       let reply: DataPlaneReply;
       try {
-        reply = { seq: cmd.seq, value: execute(cmd) };
+        reply = cmd.cmd === "qpCounters"
+          ? { seq: cmd.seq, qps: qpCounterRows() }
+          : { seq: cmd.seq, value: execute(cmd) };
       } catch (e) {
         reply = { seq: cmd.seq, error: (e as Error).message };
       }
@@ -262,6 +290,11 @@ async function run(init: WorkerInit): Promise<void> {
     if (worked) {
       spinUntil = performance.now() + SPIN_MS;
       setAwake(true);
+    } else if (spinning && n === 0) {
+      // Polling found nothing: let a thread with work (a guest, the peer
+      // host's Worker) have the core now. Machines with fewer cores than
+      // busy threads otherwise lose a time slice per hand-off.
+      yieldCpu();
     }
   }
   for (const g of guests.values()) g.destroy();

@@ -142,6 +142,12 @@ export class VerbsEngine {
 
   /** Serves `qp`'s send queue: executes WRs in order while the QP is in RTS. */
   serviceSq(guest: EngineGuest, qp: EngineQp): void {
+    this.#serviceSq(guest, qp);
+    // Packets of the WRs just taken leave now, not at the next loop round.
+    this.#adapter?.flush();
+  }
+
+  #serviceSq(guest: EngineGuest, qp: EngineQp): void {
     const mem = guest.memory;
     for (;;) {
       if (qp.state === "ERR") {

@@ -90,7 +90,8 @@ function maskHeaders(flow: IcrcFlow, roce: Uint8Array, ipId: number): void {
   v.setUint16(UDP_AT + 2, flow.dstPort ?? ROCE_PORT);
   v.setUint16(UDP_AT + 4, UDP_BYTES + roce.byteLength);
   v.setUint16(UDP_AT + 6, 0xffff); // UDP checksum masked
-  scratch.set(roce.subarray(0, BTH_BYTES), BTH_AT);
+  // Byte by byte: cheaper than a subarray per packet for 12 bytes.
+  for (let i = 0; i < BTH_BYTES; i++) scratch[BTH_AT + i] = roce[i]!;
   scratch[BTH_AT + 4] = 0xff; // FECN, BECN, reserved masked
 }
 
@@ -121,13 +122,16 @@ export function computeIcrc(flow: IcrcFlow, roce: Uint8Array): number {
 /** Computes the ICRC of `roce` and stores it little-endian in its last 4 bytes. */
 export function writeIcrc(flow: IcrcFlow, roce: Uint8Array): void {
   const icrc = computeIcrc(flow, roce);
-  new DataView(roce.buffer, roce.byteOffset, roce.byteLength)
-    .setUint32(roce.byteLength - ICRC_BYTES, icrc, true);
+  const at = roce.byteLength - ICRC_BYTES;
+  roce[at] = icrc & 0xff;
+  roce[at + 1] = (icrc >>> 8) & 0xff;
+  roce[at + 2] = (icrc >>> 16) & 0xff;
+  roce[at + 3] = icrc >>> 24;
 }
 
 function storedIcrc(roce: Uint8Array): number {
-  return new DataView(roce.buffer, roce.byteOffset, roce.byteLength)
-    .getUint32(roce.byteLength - ICRC_BYTES, true);
+  const at = roce.byteLength - ICRC_BYTES;
+  return (roce[at]! | (roce[at + 1]! << 8) | (roce[at + 2]! << 16) | (roce[at + 3]! << 24)) >>> 0;
 }
 
 /**

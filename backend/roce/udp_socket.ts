@@ -910,6 +910,14 @@ export class UdpSocket {
   }
 }
 
+/** The errno values that make a receive an error rather than "nothing yet". */
+const RECEIVE_FATAL: ReadonlySet<number> = new Set([
+  ERRNO.EBADF,
+  ERRNO.EFAULT,
+  ERRNO.EINVAL,
+  ERRNO.ENOTSOCK,
+]);
+
 /**
  * One `recvmmsg` into `batch`: sets `count`, `lengths` and `truncated`.
  * With `split`, the first 28 bytes of each datagram go to `headers` and
@@ -928,8 +936,12 @@ function receiveInto(fd: number, batch: DatagramBatch, split: boolean, target: s
       break;
     }
     const e = errno();
-    if (e === ERRNO.EAGAIN) break;
-    if (e !== ERRNO.EINTR) throw new SysError("recvmmsg", e, { target });
+    if (e === ERRNO.EINTR) continue;
+    // Only a broken socket or call is an error. Anything else reads as
+    // "nothing now": EAGAIN, and errno values recvmmsg never sets (seen
+    // here: ENOENT), which mean errno was overwritten before it was read.
+    if (RECEIVE_FATAL.has(e)) throw new SysError("recvmmsg", e, { target });
+    break;
   }
   const skip = split ? IPV4_UDP_HEADER_BYTES : 0;
   for (let i = 0; i < n; i++) {

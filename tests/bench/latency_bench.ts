@@ -121,7 +121,7 @@ function options(): Options {
     waitMs: Number(values.wait) * 1000,
     limitMs: Number(values.limit) * 1000,
     // auto: what measured fastest (see the module doc).
-    napUs: values.nap === "auto" ? (values["same-host"] ? 0 : 5) : Number(values.nap),
+    napUs: values.nap === "auto" ? 0 : Number(values.nap),
     watchdog: 0,
     timeout: Number(values.timeout),
     retryCnt: Number(values.retry),

@@ -55,7 +55,18 @@ const SYMBOLS = {
   sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  sched_yield: { parameters: [], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
+
+/**
+ * Gives the CPU to another runnable thread, if there is one (`sched_yield`).
+ * A poller that found nothing calls it so that, on a machine with fewer
+ * cores than busy threads, the thread that has work runs now instead of
+ * after the poller's time slice.
+ */
+export function yieldCpu(): void {
+  libc().sched_yield();
+}
 
 /** The libc functions vrdma uses, as returned by {@linkcode libc}. */
 export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
