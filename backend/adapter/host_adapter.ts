@@ -30,7 +30,7 @@ import { buildPacket, ParseFailure, parsePacket } from "../roce/packet.ts";
 import { psnAdd } from "../roce/psn.ts";
 import { rcSourcePort, udSourcePort } from "../roce/source_port.ts";
 import { DatagramBatch, type RoceTransport } from "../roce/transport.ts";
-import type { Link } from "./link.ts";
+import type { Link, QpWire } from "./link.ts";
 import { Outbox, SLOT_BYTES } from "./outbox.ts";
 import { isReadOrAtomic, PendingWr, scatterAt } from "./pending_wr.ts";
 import { Requester } from "./requester.ts";
@@ -153,7 +153,7 @@ export class HostAdapter implements Link {
     this.#callbacks.release(guest, qp, wr);
   }
 
-  /** See {@linkcode Link.qpCounters}. */
+  /** The counters of `qp` (kept until the QP is destroyed). */
   qpCounters(qp: EngineQp): QpCounters {
     let c = this.#qpCounters.get(qp);
     if (c === undefined) {
@@ -215,16 +215,19 @@ export class HostAdapter implements Link {
   #requester(guest: EngineGuest, qp: EngineQp): Requester {
     let r = this.#requesters.get(qp);
     if (r === undefined) {
-      r = new Requester(this, guest, qp, this.#path(qp));
+      r = new Requester(this, this.#wire(guest, qp));
       this.#requesters.set(qp, r);
     }
     return r;
   }
 
-  #path(qp: EngineQp): { dstIp: number; srcPort: number } {
+  #wire(guest: EngineGuest, qp: EngineQp): QpWire {
     return {
+      guest,
+      qp,
       dstIp: gidIpv4(qp.ahAttr.dgid) ?? 0,
       srcPort: rcSourcePort(qp.qpNum, qp.destQpNum),
+      stats: this.qpCounters(qp),
     };
   }
 
@@ -378,7 +381,7 @@ export class HostAdapter implements Link {
     }
     let responder = this.#responders.get(qp);
     if (responder === undefined) {
-      responder = new Responder(this, guest, qp, this.#path(qp));
+      responder = new Responder(this, this.#wire(guest, qp));
       this.#responders.set(qp, responder);
     }
     responder.onRequest(pkt);
@@ -458,12 +461,8 @@ export class HostAdapter implements Link {
 
   /** Forgets a destroyed QP. */
   forget(qp: EngineQp): void {
+    this.onReset(qp);
     this.#qpCounters.delete(qp);
-    const r = this.#requesters.get(qp);
-    this.#requesters.delete(qp);
-    r?.release();
-    this.#stopResponder(qp);
-    this.#udPsn.delete(qp);
   }
 
   #stopResponder(qp: EngineQp): void {

@@ -10,6 +10,20 @@ import type { Outbox } from "./outbox.ts";
 import type { PendingWr } from "./pending_wr.ts";
 import type { QpCounters } from "./qp_counters.ts";
 
+/** One RC/UC QP as its state machines see it: whose it is, where its packets go, its counters. */
+export interface QpWire {
+  /** The QP's guest. */
+  readonly guest: EngineGuest;
+  /** The QP. */
+  readonly qp: EngineQp;
+  /** The peer host's IPv4 address. */
+  readonly dstIp: number;
+  /** The UDP source port of the QP's packets (rxe's choice, see source_port.ts). */
+  readonly srcPort: number;
+  /** The QP's counters. */
+  readonly stats: QpCounters;
+}
+
 /** The adapter's services to one QP's state machines. */
 export interface Link {
   /** This host's tables. */
@@ -28,8 +42,6 @@ export interface Link {
   retire(guest: EngineGuest, qp: EngineQp, wr: PendingWr, status: number, byteLen: number): void;
   /** Gives a send WR's SQ slot back without a completion (the QP went to RESET). */
   release(guest: EngineGuest, qp: EngineQp, wr: PendingWr): void;
-  /** The counters of `qp` (kept until the QP is destroyed). */
-  qpCounters(qp: EngineQp): QpCounters;
   /** Asks to be pumped again once the outbox has room. */
   blocked(pump: { pump(): void }): void;
 }

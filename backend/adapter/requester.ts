@@ -23,7 +23,7 @@ import { buildPacket, type PacketFields } from "../roce/packet.ts";
 import { psnAdd, psnDiff } from "../roce/psn.ts";
 import { rnrDelayMs, transportTimeoutMs } from "../engine/timers.ts";
 import type { EngineGuest, EngineQp } from "../engine/types.ts";
-import type { Link } from "./link.ts";
+import type { Link, QpWire } from "./link.ts";
 import { gatherAt, PendingWr, scatterAt } from "./pending_wr.ts";
 import { AethType, aethType, NakCode } from "./aeth.ts";
 import type { QpCounters } from "./qp_counters.ts";
@@ -119,18 +119,15 @@ export class Requester {
   #dead = false;
   readonly #stats: QpCounters;
 
-  /** The requester of `qp` (in RTS, peer at `dstIp`), sending from UDP port `srcPort`. */
-  constructor(
-    link: Link,
-    guest: EngineGuest,
-    qp: EngineQp,
-    path: { dstIp: number; srcPort: number },
-  ) {
+  /** The requester of `wire.qp` (in RTS), over `link`. */
+  constructor(link: Link, wire: QpWire) {
+    const qp = wire.qp;
     this.#link = link;
-    this.#guest = guest;
+    this.#guest = wire.guest;
     this.#qp = qp;
-    this.#dstIp = path.dstIp;
-    this.#srcPort = path.srcPort;
+    this.#dstIp = wire.dstIp;
+    this.#srcPort = wire.srcPort;
+    this.#stats = wire.stats;
     this.#mtu = qp.pathMtu;
     this.#reliable = qp.qpType === "RC";
     this.#ops = this.#reliable ? RC_OPS : UC_OPS;
@@ -140,7 +137,6 @@ export class Requester {
     this.#sentEnd = qp.sqPsn;
     this.#retryLeft = qp.retryCnt;
     this.#rnrLeft = qp.rnrRetry;
-    this.#stats = link.qpCounters(qp);
   }
 
   /** Outstanding WRs. */

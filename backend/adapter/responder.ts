@@ -33,7 +33,7 @@ import { checkRemote, completeRecv, takeRecv } from "../engine/responder.ts";
 import { resolveLocal, SgeViews } from "../engine/sge.ts";
 import type { EngineGuest, EngineQp } from "../engine/types.ts";
 import { ACK_SYNDROME, NakCode, nakSyndrome, rnrNakSyndrome } from "./aeth.ts";
-import type { Link } from "./link.ts";
+import type { Link, QpWire } from "./link.ts";
 import { scatterAt } from "./pending_wr.ts";
 import type { QpCounters } from "./qp_counters.ts";
 
@@ -87,22 +87,18 @@ export class Responder {
   #established = false;
   readonly #stats: QpCounters;
 
-  /** The responder of `qp` (RTR or later), answering `path.dstIp` from `path.srcPort`. */
-  constructor(
-    link: Link,
-    guest: EngineGuest,
-    qp: EngineQp,
-    path: { dstIp: number; srcPort: number },
-  ) {
+  /** The responder of `wire.qp` (RTR or later), over `link`. */
+  constructor(link: Link, wire: QpWire) {
+    const qp = wire.qp;
     this.#link = link;
-    this.#guest = guest;
+    this.#guest = wire.guest;
     this.#qp = qp;
-    this.#dstIp = path.dstIp;
-    this.#srcPort = path.srcPort;
+    this.#dstIp = wire.dstIp;
+    this.#srcPort = wire.srcPort;
+    this.#stats = wire.stats;
     this.#mtu = qp.pathMtu;
     this.#reliable = qp.qpType === "RC";
     this.#ePsn = qp.rqPsn;
-    this.#stats = link.qpCounters(qp);
   }
 
   /** Whether READ responses wait for room in the outbox. */
