@@ -24,6 +24,8 @@ Options:
                       (default: 127.0.0.1)
   --port N            UDP port for RoCEv2 (default: 4791)
   --max-guests N      guests served at once; more are refused (default: 64)
+  --metrics-port N    serve the counters for Prometheus at http://ADDR:N/metrics
+                      (0: any free port, logged; default: off)
   --log-level LEVEL   ${LOG_LEVELS.join(" | ")} (default: info)
   -h, --help          this text
 
@@ -41,6 +43,7 @@ export async function main(args: string[]): Promise<number> {
         ip: { type: "string" },
         port: { type: "string" },
         "max-guests": { type: "string" },
+        "metrics-port": { type: "string" },
         "log-level": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
@@ -75,6 +78,7 @@ export async function main(args: string[]): Promise<number> {
       ip: v.ip,
       port: number("port", v.port, 1, 65535),
       maxGuests: number("max-guests", v["max-guests"], 1, 4096),
+      metricsPort: number("metrics-port", v["metrics-port"], 0, 65535),
       logLevel: level as LogLevel,
     });
   } catch (e) {

@@ -10,11 +10,12 @@ import { resolve } from "node:path";
 import { Reactor } from "../virtqueue/sys/reactor.ts";
 import { UnixSocket } from "../virtqueue/sys/unix_socket.ts";
 import { DataPlane } from "./data_plane/client.ts";
-import type { DataPlaneNotice } from "./data_plane/messages.ts";
+import type { DataPlaneNotice, QpCounterRow } from "./data_plane/messages.ts";
 import { type CounterName, Counters } from "./data_plane/stats.ts";
 import { Logger, type LogLevel } from "./log.ts";
 import { GuestSession } from "./session.ts";
 import { managementPath, ManagementServer } from "./management.ts";
+import { collectReport, MetricsServer } from "./metrics.ts";
 
 /** Socket file name used when no `--socket` is given (in the current directory). */
 export const DEFAULT_SOCKET = "vrdma.sock";
@@ -33,6 +34,12 @@ export interface BackendOptions {
   maxGuests?: number;
   /** Log level. Default "info" for the CLI; "warn" in-process. */
   logLevel?: LogLevel;
+  /**
+   * Serve the counters in the Prometheus text format at
+   * `http://<ip>:<metricsPort>/metrics` (0: any free port, see
+   * {@linkcode Backend.metricsUrl}). Off when not given.
+   */
+  metricsPort?: number;
 }
 
 /** What `host.stats()` returns: live resource counts and counters. */
@@ -58,6 +65,8 @@ export class Backend {
   readonly port: number;
   /** The port's GID: the IPv4-mapped IPv6 form of {@linkcode Backend.ip}. */
   readonly gid: string;
+  /** Where the Prometheus endpoint answers, when `metricsPort` was given. */
+  readonly metricsUrl: string | undefined;
   readonly #listener: UnixSocket;
   readonly #reactor: Reactor;
   readonly #plane: DataPlane;
@@ -65,6 +74,7 @@ export class Backend {
   readonly #log: Logger;
   readonly #maxGuests: number;
   readonly #management: ManagementServer;
+  readonly #metrics: MetricsServer | undefined;
   readonly #sessions = new Map<number, GuestSession>();
   #nextGuest = 1;
   #closing: Promise<void> | undefined;
@@ -80,6 +90,7 @@ export class Backend {
     counters: Counters;
     log: Logger;
     maxGuests: number;
+    metricsPort?: number;
   }) {
     this.socket = parts.socket;
     this.ip = parts.ip;
@@ -91,7 +102,16 @@ export class Backend {
     this.#counters = parts.counters;
     this.#log = parts.log;
     this.#maxGuests = parts.maxGuests;
-    this.#management = new ManagementServer(managementPath(this.socket), () => this.stats());
+    // First: when its port is taken, nothing here is open yet (startBackend closes the rest).
+    this.#metrics = parts.metricsPort === undefined ? undefined : MetricsServer.start(
+      { hostname: this.ip, port: parts.metricsPort },
+      () => collectReport(this),
+    );
+    this.metricsUrl = this.#metrics?.url;
+    this.#management = new ManagementServer(managementPath(this.socket), {
+      stats: () => this.stats(),
+      report: () => collectReport(this),
+    });
     this.#reactor.watch(this.#listener.fd, () => this.#accept());
   }
 
@@ -142,6 +162,14 @@ export class Backend {
   }
 
   /**
+   * The wire counters of every QP that has sent or received RoCE packets,
+   * with the guest that owns it, read from the data-plane Worker.
+   */
+  qpCounters(): Promise<QpCounterRow[]> {
+    return this.#plane.qpCounters();
+  }
+
+  /**
    * Stops serving: tells every guest (DEVICE_FATAL), frees every resource,
    * stops the data plane and removes the socket file. Idempotent.
    */
@@ -160,6 +188,7 @@ export class Backend {
     await this.#plane.stop();
     await this.#reactor.close();
     await this.#management.close();
+    await this.#metrics?.close();
   }
 
   /** `await using host = await startBackend(...)` closes it at scope end. */
@@ -181,6 +210,13 @@ export async function startBackend(options: BackendOptions = {}): Promise<Backen
   const port = options.port ?? ROCE_PORT;
   if (!Number.isInteger(port) || port < 1 || port > 65535) {
     throw new RangeError(`port ${port} is not in 1..65535`);
+  }
+  const metricsPort = options.metricsPort;
+  if (
+    metricsPort !== undefined &&
+    (!Number.isInteger(metricsPort) || metricsPort < 0 || metricsPort > 65535)
+  ) {
+    throw new RangeError(`metricsPort ${metricsPort} is not in 0..65535`);
   }
   const maxGuests = options.maxGuests ?? 64;
   if (!Number.isInteger(maxGuests) || maxGuests < 1) {
@@ -210,5 +246,27 @@ export async function startBackend(options: BackendOptions = {}): Promise<Backen
   }
   const reactor = Reactor.create();
   log.info(`serving guests on ${socket}, RoCEv2 on ${ip}:${port}`);
-  return new Backend({ socket, ip, port, listener, reactor, plane, counters, log, maxGuests });
+  let host: Backend;
+  try {
+    host = new Backend({
+      socket,
+      ip,
+      port,
+      listener,
+      reactor,
+      plane,
+      counters,
+      log,
+      maxGuests,
+      metricsPort,
+    });
+  } catch (e) {
+    // The metrics port could not be bound: nothing may stay open.
+    listener.close();
+    await reactor.close();
+    await plane.stop();
+    throw e;
+  }
+  if (host.metricsUrl !== undefined) log.info(`counters for Prometheus at ${host.metricsUrl}`);
+  return host;
 }

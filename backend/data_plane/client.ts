@@ -14,6 +14,7 @@ import type {
   DataPlaneCommand,
   DataPlaneNotice,
   DataPlaneReply,
+  QpCounterRow,
   SequencedCommand,
 } from "./messages.ts";
 
@@ -132,6 +133,16 @@ export class DataPlane {
     const reply = await this.send(command);
     if (reply.error !== undefined) throw new Error(reply.error);
     return reply.value;
+  }
+
+  /**
+   * Every QP's wire counters, read by the Worker (they live there, outside
+   * the shared counter block). Throws when the Worker cannot answer.
+   */
+  async qpCounters(): Promise<QpCounterRow[]> {
+    const reply = await this.send({ cmd: "qpCounters" });
+    if (reply.error !== undefined) throw new Error(reply.error);
+    return reply.qps ?? [];
   }
 
   /** Stops the Worker: it leaves its loop and closes itself. */

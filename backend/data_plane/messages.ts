@@ -10,6 +10,7 @@
  */
 
 import type { QueueLayout } from "../../virtqueue/layout.ts";
+import type { QpCounters } from "../adapter/qp_counters.ts";
 
 /** A guest memory region as the Worker maps it: the service thread's mapping, by address. */
 export interface RegionMapping {
@@ -47,7 +48,33 @@ export type DataPlaneCommand =
   | { cmd: "setDoorbell"; guest: number; addr: number; queues: number }
   | { cmd: "notifyFatal"; guest: number; errno: number }
   | { cmd: "removeGuest"; guest: number }
+  /** Asks for every QP's wire counters; the reply carries them in `qps`. */
+  | { cmd: "qpCounters" }
   | { cmd: "stop" };
+
+/**
+ * One QP's wire counters as the Worker reports them: the engine's
+ * `qpCounters()` row plus what the QP is (its guest, type, state and peer),
+ * read at the same moment.
+ */
+export interface QpCounterRow {
+  /** The guest (session id) that owns the QP. */
+  guest: number;
+  /** QP number on this host. */
+  qpNum: number;
+  /** The QP's handle in its guest. */
+  qpHandle: number;
+  /** Transport: "RC", "UC" or "UD". */
+  qpType: string;
+  /** Current state ("RTS", "ERR", ...). */
+  state: string;
+  /** The peer's QPN (RC/UC; 0 for UD). */
+  destQpNum: number;
+  /** The peer's GID (RC/UC; "" for UD). */
+  dgid: string;
+  /** The counters (`backend/adapter/qp_counters.ts`), copied. */
+  counters: QpCounters;
+}
 
 /** A command with the sequence number its reply carries. */
 export type SequencedCommand = DataPlaneCommand & { seq: number };
@@ -60,6 +87,8 @@ export interface DataPlaneReply {
   error?: string;
   /** A command's result (`stopVring`: the last available index). */
   value?: number;
+  /** `qpCounters`' result. */
+  qps?: QpCounterRow[];
 }
 
 /** What the Worker posts without being asked. */

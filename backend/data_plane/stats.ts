@@ -39,6 +39,9 @@ export const COUNTER_NAMES = [
   "udDropped",
   "udpPacketsSent",
   "udpPacketsReceived",
+  // Bytes of those datagrams (UDP payload: BTH to ICRC), each way.
+  "udpBytesSent",
+  "udpBytesReceived",
   // The host adapter (RoCEv2 to other hosts). Requester side:
   "retransmits",
   "retransmittedPackets",
