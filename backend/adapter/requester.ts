@@ -273,7 +273,10 @@ export class Requester {
 
   /** Takes a response (ACK, NAK, READ response, atomic ACK) addressed to this QP. */
   onResponse(pkt: RocePacket): void {
-    if (this.#dead || this.#wrs.length === 0) return;
+    if (this.#dead || this.#wrs.length === 0) {
+      this.#link.counters.add("staleResponses");
+      return;
+    }
     const psn = pkt.psn;
     // Only PSNs we sent can be answered; anything else is stale or forged.
     if (psnDiff(psn, this.#sentEnd) >= 0 || psnDiff(psn, this.#unacked) < -SEND_WINDOW) {
@@ -376,8 +379,13 @@ export class Requester {
     if (!this.#ackThrough(psnAdd(psn, -1))) return;
     const wr = this.#wrs[0];
     if (psn !== this.#unacked || wr === undefined || wr.opcode !== WrOpcode.RDMA_READ) {
-      // A gap: responses were lost. Ask again from the first missing one.
-      if (wr !== undefined && ahead > 0) this.#goBack(this.#unacked, false);
+      if (wr !== undefined && psn !== this.#unacked) {
+        // A gap: responses were lost. Ask again from the first missing one.
+        this.#goBack(this.#unacked, false);
+      } else {
+        // Data for a request that is not a READ: nobody asked for it.
+        this.#link.counters.add("badResponses");
+      }
       return;
     }
     const k = psnDiff(psn, wr.firstPsn);
@@ -415,7 +423,13 @@ export class Requester {
       psn !== this.#unacked || wr === undefined || !wr.readOrAtomic ||
       wr.opcode === WrOpcode.RDMA_READ
     ) {
-      if (wr !== undefined) this.#goBack(this.#unacked, false);
+      if (wr !== undefined && psn !== this.#unacked) {
+        // A gap: what came before was lost. Ask again from the first missing PSN.
+        this.#goBack(this.#unacked, false);
+      } else {
+        // An original value for a request that is not an atomic: nobody asked for it.
+        this.#link.counters.add("badResponses");
+      }
       return;
     }
     const out = wr.views[0];

@@ -44,6 +44,8 @@ interface Saved {
   psnCount: number;
   va: number;
   length: number;
+  /** The R_Key it came with: checked again before it is answered again. */
+  rkey: number;
   orig: bigint;
 }
 
@@ -51,6 +53,8 @@ interface Saved {
 interface ReadJob {
   va: number;
   length: number;
+  /** Checked before every response: the MR may be deregistered meanwhile. */
+  rkey: number;
   firstPsn: number;
   count: number;
   next: number;
@@ -297,11 +301,12 @@ export class Responder {
       at = Number(va);
     }
     const count = Math.max(1, Math.ceil(length / this.#mtu));
-    this.#save({ atomic: false, firstPsn: psn, psnCount: count, va: at, length, orig: 0n });
+    const rkey = pkt.rethRkey;
+    this.#save({ atomic: false, firstPsn: psn, psnCount: count, va: at, length, rkey, orig: 0n });
     this.#ePsn = psnAdd(psn, count);
     this.#msn = (this.#msn + 1) & 0xffffff;
     this.#sendAck();
-    this.#jobs.push({ va: at, length, firstPsn: psn, count, next: 0 });
+    this.#jobs.push({ va: at, length, rkey, firstPsn: psn, count, next: 0 });
     this.pump();
   }
 
@@ -324,7 +329,15 @@ export class Responder {
       ? (orig === pkt.compare ? pkt.swapAdd : orig)
       : (orig + pkt.swapAdd) & 0xffff_ffff_ffff_ffffn;
     word.setBigUint64(0, next, true);
-    this.#save({ atomic: true, firstPsn: psn, psnCount: 1, va: Number(va), length: 8, orig });
+    this.#save({
+      atomic: true,
+      firstPsn: psn,
+      psnCount: 1,
+      va: Number(va),
+      length: 8,
+      rkey: pkt.atomicRkey,
+      orig,
+    });
     this.#ePsn = psnAdd(psn, 1);
     this.#msn = (this.#msn + 1) & 0xffffff;
     this.#sendAck();
@@ -357,6 +370,7 @@ export class Responder {
         this.#jobs.push({
           va: s.va,
           length: s.length,
+          rkey: s.rkey,
           firstPsn: s.firstPsn,
           count: s.psnCount,
           next: k,
@@ -378,6 +392,19 @@ export class Responder {
       this.#saved[this.#savedNext] = entry;
       this.#savedNext = (this.#savedNext + 1) % max;
     }
+  }
+
+  /** Whether `rkey` still opens `addr`..`addr+length` to READs on this QP. */
+  #readable(rkey: number, addr: number, length: number): boolean {
+    const allowed = checkRemote(this.#link.host, { guest: this.#guest, qp: this.#qp }, {
+      rkey,
+      addr,
+      length,
+      need: Access.REMOTE_READ,
+    });
+    if (typeof allowed !== "string") return true;
+    this.#link.counters.add("accessErrors");
+    return false;
   }
 
   /** The bytes `va`..`va+length` of an MR `rkey` opens to `need` on this QP, or null. */
@@ -424,16 +451,17 @@ export class Responder {
 
   /** A class C/D error: NAK (RC) and the QP goes to ERR. */
   #fatal(code: number, psn: number, _why: string): void {
-    const counters = this.#link.counters;
-    counters.add(code === NakCode.REMOTE_ACCESS ? "accessNaksSent" : "fatalNaksSent");
-    this.#stats.sendFatalNak++;
-    if (this.#reliable) this.#nak(nakSyndrome(code), psn);
-    else if (code !== NakCode.REMOTE_ACCESS) {
-      // UC: the message is dropped; the QP carries on.
+    if (!this.#reliable) {
+      // UC (IBA class E, as rxe): the message is dropped, the QP carries on.
+      this.#link.counters.add("ucDropped");
       this.#message = "drop";
       this.#ePsn = psnAdd(psn, 1);
       return;
     }
+    const counters = this.#link.counters;
+    counters.add(code === NakCode.REMOTE_ACCESS ? "accessNaksSent" : "fatalNaksSent");
+    this.#stats.sendFatalNak++;
+    this.#nak(nakSyndrome(code), psn);
     this.#dead = true;
     if (this.#qp.state !== "ERR") this.#guest.moveQp(this.#qp, "ERR");
   }
@@ -505,6 +533,11 @@ export class Responder {
         : Opcode.RC_RDMA_READ_RESPONSE_MIDDLE;
       const offset = k * mtu;
       const length = k === n - 1 ? job.length - offset : mtu;
+      if (length > 0 && !this.#readable(job.rkey, job.va + offset, length)) {
+        // The MR went away (or changed) since the request: not one more byte of it.
+        jobs.shift();
+        continue;
+      }
       const length_ = buildPacket(slot, {
         opcode,
         destQp: this.#qp.destQpNum,

@@ -104,7 +104,13 @@ export function execute(
   const dgid = qp.ahAttr.dgid;
   if (dgid !== host.gid) return { kind: "noResponse" }; // a remote peer, and no adapter to reach it
   const dest = host.qp(qp.destQpNum);
-  if (dest === undefined || dest.qp.qpType !== qp.qpType || !canReceive(dest.qp)) {
+  // The responder takes requests only from the QP it is connected to (on the
+  // wire: its peer's address and PSNs). Without this check a guest could
+  // point its QP at any QPN of this host and read and write that memory.
+  if (
+    dest === undefined || dest.qp.qpType !== qp.qpType || !canReceive(dest.qp) ||
+    dest.qp.destQpNum !== qp.qpNum || dest.qp.ahAttr.dgid !== host.gid
+  ) {
     return { kind: "noResponse" };
   }
   const op = wqe.opcode;
