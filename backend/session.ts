@@ -519,6 +519,9 @@ export class GuestSession {
     this.#owner = false;
     this.#features = undefined;
     this.#driverArea = new Uint8Array(DRIVER_AREA_BYTES);
+    // The connection may have closed while the Worker removed the guest:
+    // adding it again now would leave it there for good.
+    if (this.#closed) return;
     await this.start();
   }
 

@@ -98,6 +98,8 @@ export class GuestDevice implements EngineGuest {
   readonly #request = new Uint8Array(MAX_COMMAND_BYTES);
   readonly #eventSlot = new DataView(new ArrayBuffer(EVENT_SLOT_BYTES));
   readonly #onBroken: (queue: number, error: string) => void;
+  /** Broken queues already counted and reported. */
+  readonly #reported = new WeakSet<DeviceQueue>();
 
   /** A guest with nothing set up yet, served by `options.engine` over the backend's tables. */
   constructor(options: GuestDeviceOptions) {
@@ -130,6 +132,9 @@ export class GuestDevice implements EngineGuest {
       buffer: SharedMemory.attach(r.hostAddr, r.size).buffer,
     })));
     this.#mem = mem;
+    // The doorbell lived at an address of the old table: the guest registers
+    // it again (SET_CONFIG) for the new one.
+    this.#doorbell = null;
     this.#model?.destroyAll();
     const model = new DeviceModel({
       config: deviceConfigFor({ ip: this.#ip, memoryBytes: mem.size }),
@@ -187,10 +192,19 @@ export class GuestDevice implements EngineGuest {
     return queue.saveState().lastAvail & 0xffff;
   }
 
-  /** Adopts a kick fd; returns it for the epoll set. */
-  setKick(index: number, fd: number): EventFd {
+  /**
+   * Adopts a kick fd. Returns it for the epoll set, and the fd it replaces
+   * (closed here), which the caller must have taken out of the epoll set
+   * first: a closed fd the guest still holds open would stay in the set and
+   * be reported for ever.
+   */
+  setKick(index: number, fd: number, unwatch: (fd: number) => void): EventFd {
     const kick = adoptEventFd(fd, `SET_VRING_KICK ${index}`);
-    this.#kicks.get(index)?.close();
+    const old = this.#kicks.get(index);
+    if (old !== undefined) {
+      unwatch(old.fd);
+      old.close();
+    }
     this.#kicks.set(index, kick);
     return kick;
   }
@@ -292,11 +306,16 @@ export class GuestDevice implements EngineGuest {
       // serve them now rather than wait for a ring that will not come.
       if (queue.broken || !queue.enableNotifications(mem) || (!did && index === EVENT_QUEUE)) break;
     }
-    if (queue.broken) {
-      this.#counters.add("brokenQueues");
-      this.#onBroken(index, queue.error?.message ?? "broken");
-    }
+    this.#reportIfBroken(index, queue);
     return worked;
+  }
+
+  /** Counts and reports a queue that hostile input broke, once. */
+  #reportIfBroken(index: number, queue: DeviceQueue): void {
+    if (!queue.broken || this.#reported.has(queue)) return;
+    this.#reported.add(queue);
+    this.#counters.add("brokenQueues");
+    this.#onBroken(index, queue.error?.message ?? "broken");
   }
 
   /** A doorbell for a queue the model created (SQ, RQ, SRQ, CQ): the engine serves it. */
@@ -306,9 +325,11 @@ export class GuestDevice implements EngineGuest {
     switch (owner.kind) {
       case "sq":
         this.#engine.serviceSq(this, owner.object);
+        this.#dataQueueBroken(index, owner.object, owner.object.sq);
         return true;
       case "rq":
         this.#engine.serviceRq(this, owner.object);
+        if (owner.object.rq) this.#dataQueueBroken(index, owner.object, owner.object.rq);
         return true;
       case "srq":
         this.#engine.serviceSrq(this, owner.object);
@@ -317,6 +338,17 @@ export class GuestDevice implements EngineGuest {
         // New CQE slots: nothing waits on them (an overrun CQ stays in error).
         return false;
     }
+  }
+
+  /**
+   * A QP's SQ or RQ that hostile input broke: counted and reported once, and
+   * the QP goes to ERR, so the guest learns it (an async event) instead of
+   * waiting for WRs that will never run.
+   */
+  #dataQueueBroken(index: number, qp: Qp, queue: DeviceQueue): void {
+    if (!queue.broken || this.#reported.has(queue)) return;
+    this.#reportIfBroken(index, queue);
+    if (qp.state !== "ERR") this.moveQp(qp, "ERR");
   }
 
   /** The guest's memory (the engine only runs for guests that have one). */
@@ -399,7 +431,10 @@ export class GuestDevice implements EngineGuest {
     }
     this.#pendingEvents.push(event);
     const queue = this.#queues[EVENT_QUEUE];
-    if (queue != null && this.#enabled[EVENT_QUEUE] && !queue.broken) this.#flushEvents(queue);
+    if (queue != null && this.#enabled[EVENT_QUEUE] && !queue.broken) {
+      this.#flushEvents(queue);
+      this.#reportIfBroken(EVENT_QUEUE, queue);
+    }
   }
 
   #flushEvents(queue: DeviceQueue): boolean {

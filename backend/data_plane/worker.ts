@@ -184,7 +184,7 @@ async function run(init: WorkerInit): Promise<void> {
       case "stopVring":
         return guest.stopVring(cmd.index);
       case "setKick": {
-        const kick = guest.setKick(cmd.index, cmd.fd);
+        const kick = guest.setKick(cmd.index, cmd.fd, (fd) => epoll.remove(fd));
         epoll.add(kick.fd, cmd.guest);
         // A kick may have come before the fd was watched.
         serve(guest, service);
@@ -216,7 +216,9 @@ async function run(init: WorkerInit): Promise<void> {
   const setAwake = (on: boolean) => {
     if (awake === on) return;
     awake = on;
-    for (const g of guests.values()) g.setAwake(on);
+    // Through serve(): the flag is in guest memory, and a guest's bad
+    // doorbell must quarantine that guest, not stop the loop for everyone.
+    for (const g of guests.values()) serve(g, (guest) => (guest.setAwake(on), false));
   };
 
   while (running) {

@@ -76,6 +76,13 @@ export function readWqe(
   out: ParsedWqe,
   limits: { maxSge: number; maxInline: number; recv: boolean },
 ): string | null {
+  // `out` is reused from WR to WR (and guest to guest): a WQE refused before
+  // its header is read must not complete with the last one's wr_id.
+  out.wrId = 0n;
+  out.opcode = limits.recv ? RECV_OPCODE : 0;
+  out.flags = 0;
+  out.numSge = 0;
+  out.inlineLen = 0;
   const available = chain.readableBytes;
   if (available < WQE_HEADER_BYTES) return `WQE of ${available} bytes is shorter than its header`;
   const reader = chain.reader;
