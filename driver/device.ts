@@ -304,6 +304,20 @@ export class Device {
     }
   }
 
+  /**
+   * @internal the connection to the backend is gone (it died or closed it).
+   * A dead backend cannot post DEVICE_FATAL itself, so the driver posts it:
+   * the application learns it the same way whatever ended the device.
+   */
+  lose(error: VerbsError): void {
+    if (this.#error) return; // closed by the application, or already failed
+    const fatal: AsyncEvent = { type: eventTypeName(EventType.DEVICE_FATAL), element: 0, info: 0 };
+    const waiter = this.#asyncWaiters.shift();
+    if (waiter) waiter.resolve(fatal);
+    else this.#asyncEvents.push(fatal);
+    this.fail(error);
+  }
+
   /** @internal makes the device unusable: every pending and later verb fails with `error`. */
   fail(error: VerbsError): void {
     if (this.#error) return;
@@ -455,7 +469,7 @@ export async function openDevice(options: OpenDeviceOptions): Promise<Device> {
         }),
     });
     const dev = device;
-    ch.onClose((error) => dev.fail(error));
+    ch.onClose((error) => dev.lose(error));
 
     for (
       const [index, layout] of [[CONTROL_QUEUE, controlLayout], [EVENT_QUEUE, eventLayout]] as const
