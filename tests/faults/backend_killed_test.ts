@@ -17,7 +17,7 @@
  *   socket file behind) serves a new guest.
  * - the guest gets a DEVICE_FATAL async event (`getAsyncEvent`), as
  *   ibverbs delivers IBV_EVENT_DEVICE_FATAL when a device goes away: see the
- *   last test, ignored while the driver does not do it.
+ *   last test (a gap the driver had, fixed).
  *
  * ```sh
  * deno test -A --unstable-net tests/faults/backend_killed_test.ts
