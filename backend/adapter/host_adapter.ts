@@ -117,6 +117,9 @@ export class HostAdapter implements Link {
   readonly #grh = new Uint8Array(GRH_BYTES);
   readonly #udPsn = new Map<EngineQp, number>();
   readonly #qpCounters = new Map<EngineQp, QpCounters>();
+  /** The source port each RC/UC QP sends from, and how many QPs use each port. */
+  readonly #portOf = new Map<EngineQp, number>();
+  readonly #portUsers = new Map<number, number>();
   readonly #flow = { srcIp: 0, dstIp: 0, srcPort: 0, dstPort: 0, ipId: 0 };
   readonly #localIp: string;
 
@@ -222,13 +225,37 @@ export class HostAdapter implements Link {
   }
 
   #wire(guest: EngineGuest, qp: EngineQp): QpWire {
+    const srcPort = rcSourcePort(qp.qpNum, qp.destQpNum);
+    this.#usePort(qp, srcPort);
     return {
       guest,
       qp,
       dstIp: gidIpv4(qp.ahAttr.dgid) ?? 0,
-      srcPort: rcSourcePort(qp.qpNum, qp.destQpNum),
+      srcPort,
       stats: this.qpCounters(qp),
     };
+  }
+
+  /** Notes that `qp` sends from `port` (several QPs may share one). */
+  #usePort(qp: EngineQp, port: number): void {
+    if (this.#portOf.get(qp) === port) return;
+    this.#releasePort(qp);
+    this.#portOf.set(qp, port);
+    this.#portUsers.set(port, (this.#portUsers.get(port) ?? 0) + 1);
+  }
+
+  /** `qp` sends no more: its source port's socket goes with its last user. */
+  #releasePort(qp: EngineQp): void {
+    const port = this.#portOf.get(qp);
+    if (port === undefined) return;
+    this.#portOf.delete(qp);
+    const users = (this.#portUsers.get(port) ?? 1) - 1;
+    if (users > 0) {
+      this.#portUsers.set(port, users);
+      return;
+    }
+    this.#portUsers.delete(port);
+    this.#transport.releaseSourcePort(port);
   }
 
   /**
@@ -264,7 +291,9 @@ export class HostAdapter implements Link {
       payload: slot.subarray(at, n),
       icrc: null,
     });
-    this.outbox.commit(length, dstIp, udSourcePort(qp.qpNum));
+    const srcPort = udSourcePort(qp.qpNum);
+    this.#usePort(qp, srcPort);
+    this.outbox.commit(length, dstIp, srcPort);
     const stats = this.qpCounters(qp);
     stats.sentPkts++;
     stats.sentBytes += length;
@@ -463,6 +492,7 @@ export class HostAdapter implements Link {
   forget(qp: EngineQp): void {
     this.onReset(qp);
     this.#qpCounters.delete(qp);
+    this.#releasePort(qp);
   }
 
   #stopResponder(qp: EngineQp): void {

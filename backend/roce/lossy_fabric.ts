@@ -514,6 +514,9 @@ export class FabricEndpoint implements RoceTransport {
     return port;
   }
 
+  /** Nothing is held per source port on the fabric. */
+  releaseSourcePort(_port: number): void {}
+
   /** Always undefined: pump the fabric with {@linkcode LossyFabric.deliver} instead. */
   get fd(): undefined {
     return undefined;

@@ -154,6 +154,11 @@ export interface RoceTransport extends Disposable {
    */
   sourcePortFor(port: number): number;
   /**
+   * Says no QP sends from `port` any more: a socket held for it may go
+   * (socket mode), so ports and fds of QPs that are gone are not kept.
+   */
+  releaseSourcePort(port: number): void;
+  /**
    * Fills `into` from slot 0 with the datagrams waiting, up to its capacity,
    * and sets `into.count`: payloads, `lengths`, `peerIps`/`peerPorts` (the
    * source), `truncated`, and the IPv4+UDP `headers` (`headersExact` says
@@ -414,6 +419,21 @@ export class UdpTransport implements RoceTransport {
       writeIpv4UdpHeader(headers, i * IPV4_UDP_HEADER_BYTES, fields);
     }
     return n;
+  }
+
+  /** See {@linkcode RoceTransport.releaseSourcePort}. */
+  releaseSourcePort(port: number): void {
+    const socket = this.#bySourcePort.get(port);
+    if (socket === undefined) return;
+    this.#bySourcePort.delete(port);
+    if (this.#lastPort === port) {
+      this.#lastPort = -1;
+      this.#lastSocket = undefined;
+    }
+    if (socket !== null) {
+      socket.close();
+      this.#stats.sourceSockets--;
+    }
   }
 
   /** Closes every socket. Closing twice is harmless. */
