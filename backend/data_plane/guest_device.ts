@@ -351,6 +351,13 @@ export class GuestDevice implements EngineGuest {
     if (qp.state !== "ERR") this.moveQp(qp, "ERR");
   }
 
+  /** See {@linkcode EngineGuest.queueBroken}: counted, reported, and an RQ's QP goes to ERR. */
+  queueBroken(qp: EngineQp): void {
+    const q = qp as Qp;
+    if (q.srq !== null) this.#reportIfBroken(q.srq.queueId, q.srq.queue);
+    else if (q.rq !== null && q.rqQueue !== null) this.#dataQueueBroken(q.rqQueue, q, q.rq);
+  }
+
   /** The guest's memory (the engine only runs for guests that have one). */
   get memory(): GuestMemory {
     if (this.#mem === null) throw new Error(`guest ${this.id} has no memory table`);

@@ -34,7 +34,12 @@ export function takeRecv(guest: EngineGuest, qp: EngineQp): TakenRecv | undefine
   const mem = guest.memory;
   const queue = qp.srq ? qp.srq.queue : qp.rq;
   if (queue == null || queue.broken) return undefined;
-  if (!queue.popInto(mem, recvChain)) return undefined;
+  if (!queue.popInto(mem, recvChain)) {
+    // Hostile ring contents break the queue here, on the sender's traffic:
+    // the guest must hear of it now, not when it next rings this queue.
+    if (queue.broken) guest.queueBroken?.(qp);
+    return undefined;
+  }
   const maxSge = qp.srq ? qp.srq.maxSge : qp.cap.maxRecvSge;
   const error = readWqe(recvChain, recvWqe, { maxSge, maxInline: 0, recv: true });
   queue.addUsed(mem, recvChain.head, 0);

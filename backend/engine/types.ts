@@ -137,6 +137,8 @@ export interface EngineGuest {
   ah(handle: number): EngineAh | undefined;
   /** Moves a QP to a new state as the device does by itself (errors, drained SQ). */
   moveQp(qp: EngineQp, to: QpStateName): void;
+  /** Reports that `qp`'s receive queue (its RQ or SRQ) broke while the device read it. */
+  queueBroken?(qp: EngineQp): void;
 }
 
 /** Host-wide lookups shared by every guest. */
