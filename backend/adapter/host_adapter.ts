@@ -18,7 +18,7 @@
 import { SendFlags, WcStatus, WrOpcode } from "../../protocol/verbs.ts";
 import type { Counters } from "../data_plane/stats.ts";
 import { buildGrh, GRH_BYTES } from "../engine/grh.ts";
-import { completeRecv, takeRecv } from "../engine/responder.ts";
+import { canReceive, completeRecv, takeRecv } from "../engine/responder.ts";
 import { resolveLocal, SgeViews } from "../engine/sge.ts";
 import type { ParsedWqe } from "../engine/wqe_reader.ts";
 import type { EngineGuest, EngineHost, EngineQp } from "../engine/types.ts";
@@ -63,11 +63,6 @@ export interface HostAdapterOptions {
 const MAX_BATCHES_PER_POLL = 8;
 const RECEIVE_SLOTS = 64;
 const MAX_MESSAGE = 0x8000_0000;
-
-/** States in which a QP accepts incoming requests. */
-function canReceive(qp: EngineQp): boolean {
-  return qp.state === "RTR" || qp.state === "RTS" || qp.state === "SQD" || qp.state === "SQE";
-}
 
 const gidCache = new Map<string, number | undefined>();
 
@@ -324,17 +319,15 @@ export class HostAdapter implements Link {
     if (total > 0) this.counters.add("udpBytesReceived", totalBytes);
     for (const r of this.#touched) r.sendAck();
     this.#touched.clear();
-    this.#drain();
+    this.flush();
     return total;
   }
 
-  /** Sends what is queued (see {@linkcode HostAdapter.poll} for when else that happens). */
+  /**
+   * Sends queued packets and lets the blocked state machines go on while
+   * there is room (`poll` and `runTimers` end with it too).
+   */
   flush(): void {
-    this.#drain();
-  }
-
-  /** Sends queued packets and lets the blocked state machines go on while there is room. */
-  #drain(): void {
     if (!this.outbox.flush()) return;
     if (this.#blocked.size === 0) return;
     const blocked = [...this.#blocked];
@@ -517,7 +510,7 @@ export class HostAdapter implements Link {
     for (const r of [...this.#requesters.values()]) {
       if (r.deadline <= now) r.onTimer(now);
     }
-    this.#drain();
+    this.flush();
   }
 
   /** Closes the transport. */

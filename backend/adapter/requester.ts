@@ -16,9 +16,15 @@
  * @module
  */
 
-import { SendFlags, WcStatus, WrOpcode } from "../../protocol/verbs.ts";
+import {
+  type QpType,
+  SendFlags,
+  WcStatus,
+  WrOpcode,
+  type WrOpcodeName,
+} from "../../protocol/verbs.ts";
 import type { RocePacket } from "../roce/headers.ts";
-import { Opcode, opcodeInfo, OpFlag, type WrPackets } from "../roce/opcodes.ts";
+import { Opcode, opcodeInfo, OpFlag, type WrPackets, wrPackets } from "../roce/opcodes.ts";
 import { buildPacket, type PacketFields } from "../roce/packet.ts";
 import { psnAdd, psnDiff } from "../roce/psn.ts";
 import { rnrDelayMs, transportTimeoutMs } from "../engine/timers.ts";
@@ -33,41 +39,20 @@ export const SEND_WINDOW = 512;
 /** A long message asks for an ACK at least this often, so the window keeps moving. */
 const ACK_EVERY = 64;
 
-const RC_OPS: Record<number, WrPackets> = {
-  [WrOpcode.SEND]: {
-    first: Opcode.RC_SEND_FIRST,
-    middle: Opcode.RC_SEND_MIDDLE,
-    last: Opcode.RC_SEND_LAST,
-    only: Opcode.RC_SEND_ONLY,
-  },
-  [WrOpcode.SEND_WITH_IMM]: {
-    first: Opcode.RC_SEND_FIRST,
-    middle: Opcode.RC_SEND_MIDDLE,
-    last: Opcode.RC_SEND_LAST_WITH_IMMEDIATE,
-    only: Opcode.RC_SEND_ONLY_WITH_IMMEDIATE,
-  },
-  [WrOpcode.RDMA_WRITE]: {
-    first: Opcode.RC_RDMA_WRITE_FIRST,
-    middle: Opcode.RC_RDMA_WRITE_MIDDLE,
-    last: Opcode.RC_RDMA_WRITE_LAST,
-    only: Opcode.RC_RDMA_WRITE_ONLY,
-  },
-  [WrOpcode.RDMA_WRITE_WITH_IMM]: {
-    first: Opcode.RC_RDMA_WRITE_FIRST,
-    middle: Opcode.RC_RDMA_WRITE_MIDDLE,
-    last: Opcode.RC_RDMA_WRITE_LAST_WITH_IMMEDIATE,
-    only: Opcode.RC_RDMA_WRITE_ONLY_WITH_IMMEDIATE,
-  },
-};
-// UC opcodes are the RC ones with the transport bits 001.
-const UC_OPS: Record<number, WrPackets> = Object.fromEntries(
-  Object.entries(RC_OPS).map(([wr, p]) => [wr, {
-    first: p.first | 0x20,
-    middle: p.middle | 0x20,
-    last: p.last | 0x20,
-    only: p.only | 0x20,
-  }]),
-);
+/**
+ * The wire opcodes of each WR opcode (by number) on a `qpType` QP, from the
+ * one table in opcodes.ts.
+ */
+function opsByWrOpcode(qpType: QpType): WrPackets[] {
+  const ops: WrPackets[] = [];
+  for (const [name, number] of Object.entries(WrOpcode)) {
+    const p = wrPackets(qpType, name as WrOpcodeName);
+    if (p !== undefined) ops[number] = p;
+  }
+  return ops;
+}
+const RC_OPS = opsByWrOpcode("RC");
+const UC_OPS = opsByWrOpcode("UC");
 
 /** Status a NAK code completes the WR with. */
 function nakStatus(code: number): number {
@@ -92,7 +77,7 @@ export class Requester {
   readonly #srcPort: number;
   readonly #mtu: number;
   readonly #reliable: boolean;
-  readonly #ops: Record<number, WrPackets>;
+  readonly #ops: WrPackets[];
   readonly #timeoutMs: number;
   /** Outstanding WRs in post order. */
   readonly #wrs: PendingWr[] = [];

@@ -105,11 +105,6 @@ export class Responder {
     this.#ePsn = qp.rqPsn;
   }
 
-  /** Whether READ responses wait for room in the outbox. */
-  get busy(): boolean {
-    return this.#jobs.length > 0;
-  }
-
   /** Takes one request packet addressed to this QP. */
   onRequest(pkt: RocePacket): void {
     if (this.#dead) return;
@@ -305,7 +300,7 @@ export class Responder {
     this.#save({ atomic: false, firstPsn: psn, psnCount: count, va: at, length, rkey, orig: 0n });
     this.#ePsn = psnAdd(psn, count);
     this.#msn = (this.#msn + 1) & 0xffffff;
-    this.#sendAck();
+    this.sendAck();
     this.#jobs.push({ va: at, length, rkey, firstPsn: psn, count, next: 0 });
     this.pump();
   }
@@ -340,7 +335,7 @@ export class Responder {
     });
     this.#ePsn = psnAdd(psn, 1);
     this.#msn = (this.#msn + 1) & 0xffffff;
-    this.#sendAck();
+    this.sendAck();
     this.#atomicAck(psn, orig);
   }
 
@@ -363,7 +358,7 @@ export class Responder {
       if (s.atomic !== atomic) continue;
       const k = psnDiff(psn, s.firstPsn);
       if (k < 0 || k >= s.psnCount) continue;
-      this.#sendAck();
+      this.sendAck();
       if (atomic) {
         this.#atomicAck(psn, s.orig);
       } else {
@@ -468,10 +463,6 @@ export class Responder {
 
   /** Sends the coalesced ACK, if one is owed. */
   sendAck(): void {
-    this.#sendAck();
-  }
-
-  #sendAck(): void {
     if (this.#ackDue < 0) return;
     const psn = this.#ackDue;
     this.#ackDue = -1;
@@ -480,7 +471,7 @@ export class Responder {
   }
 
   #nak(syndrome: number, psn: number): void {
-    this.#sendAck();
+    this.sendAck();
     this.#control(Opcode.RC_ACKNOWLEDGE, psn, syndrome);
   }
 

@@ -11,7 +11,7 @@ import { EventType } from "../../protocol/device_interface.ts";
 import { SendFlags, WcStatus, WrOpcode } from "../../protocol/verbs.ts";
 import type { Counters } from "../data_plane/stats.ts";
 import { buildGrh, GRH_BYTES } from "./grh.ts";
-import { checkRemote, completeRecv, REMOTE, takeRecv } from "./responder.ts";
+import { canReceive, checkRemote, completeRecv, REMOTE, takeRecv } from "./responder.ts";
 import { copyViews, resolveLocal, SgeViews } from "./sge.ts";
 import type { ParsedWqe } from "./wqe_reader.ts";
 import type { EngineGuest, EngineHost, EngineQp } from "./types.ts";
@@ -30,11 +30,6 @@ const grh = new Uint8Array(GRH_BYTES);
 
 function done(status: number, byteLen = 0): Outcome {
   return { kind: "done", status, byteLen };
-}
-
-/** States in which a QP accepts incoming requests. */
-function canReceive(qp: EngineQp): boolean {
-  return qp.state === "RTR" || qp.state === "RTS" || qp.state === "SQD" || qp.state === "SQE";
 }
 
 /** Gathers the WQE's payload (SGEs, or inline bytes) into `local`. */

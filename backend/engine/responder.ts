@@ -14,6 +14,11 @@ import { complete } from "./completion.ts";
 import { ParsedWqe, readWqe } from "./wqe_reader.ts";
 import type { EngineGuest, EngineHost, EngineMr, EngineQp } from "./types.ts";
 
+/** States in which a QP accepts incoming requests (the same-host path and the wire alike). */
+export function canReceive(qp: EngineQp): boolean {
+  return qp.state === "RTR" || qp.state === "RTS" || qp.state === "SQD" || qp.state === "SQE";
+}
+
 /** A receive WQE taken for one message. */
 export interface TakenRecv {
   /** Its parsed contents. */
