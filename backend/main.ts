@@ -23,6 +23,9 @@ Options:
   --ip ADDR           this host's IPv4 address; the port's GID is ::ffff:ADDR
                       (default: 127.0.0.1)
   --port N            UDP port for RoCEv2 (default: 4791)
+  --transport MODE    socket | raw | auto: UDP sockets (default), or raw
+                      sockets (root), which see the IPv4 ID of each packet and
+                      so check the whole ICRC of peers such as Linux rxe
   --max-guests N      guests served at once; more are refused (default: 64)
   --metrics-port N    serve the counters for Prometheus at http://ADDR:N/metrics
                       (0: any free port, logged; default: off)
@@ -43,6 +46,7 @@ export async function main(args: string[]): Promise<number> {
         ip: { type: "string" },
         port: { type: "string" },
         "max-guests": { type: "string" },
+        transport: { type: "string" },
         "metrics-port": { type: "string" },
         "log-level": { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -73,7 +77,12 @@ export async function main(args: string[]): Promise<number> {
     if (!(LOG_LEVELS as readonly string[]).includes(level)) {
       throw new RangeError(`--log-level ${level} is not one of ${LOG_LEVELS.join(", ")}`);
     }
+    const transport = v.transport ?? "socket";
+    if (transport !== "socket" && transport !== "raw" && transport !== "auto") {
+      throw new RangeError(`--transport ${transport} is not one of socket, raw, auto`);
+    }
     host = await startBackend({
+      transport,
       socket: v.socket,
       ip: v.ip,
       port: number("port", v.port, 1, 65535),

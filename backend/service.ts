@@ -32,6 +32,13 @@ export interface BackendOptions {
   port?: number;
   /** Guests served at once; more are refused. Default 64. */
   maxGuests?: number;
+  /**
+   * How RoCEv2 packets travel: `"socket"` (default: UDP sockets, the fastest),
+   * `"raw"` (raw sockets, needs CAP_NET_RAW; sees each packet's real IPv4 ID,
+   * so the ICRC of peers that send nonzero IDs, like Linux rxe, is checked
+   * in full), or `"auto"` (raw when allowed).
+   */
+  transport?: "socket" | "raw" | "auto";
   /** Log level. Default "info" for the CLI; "warn" in-process. */
   logLevel?: LogLevel;
   /**
@@ -222,6 +229,10 @@ export async function startBackend(options: BackendOptions = {}): Promise<Backen
   if (!Number.isInteger(maxGuests) || maxGuests < 1) {
     throw new RangeError(`maxGuests ${maxGuests} is not a positive integer`);
   }
+  const transport = options.transport ?? "socket";
+  if (transport !== "socket" && transport !== "raw" && transport !== "auto") {
+    throw new RangeError(`transport "${transport}" is not one of socket, raw, auto`);
+  }
   const socket = resolve(options.socket ?? DEFAULT_SOCKET);
   const level = options.logLevel ?? "warn";
   const log = new Logger(level, `vrdma[${ip}]`);
@@ -230,6 +241,7 @@ export async function startBackend(options: BackendOptions = {}): Promise<Backen
     logLevel: level,
     ip,
     port,
+    transport,
     onNotice: (n: DataPlaneNotice) => {
       if (n.notice === "log") log.log(n.level, `data plane: ${n.message}`);
       if (n.notice === "broken") {

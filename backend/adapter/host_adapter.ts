@@ -9,6 +9,23 @@
  * source address checked, and only then handed to a state machine; every
  * rejection is counted, none throws.
  *
+ * DESIGN NOTE, the receive side's ICRC. The ICRC covers the IPv4
+ * Identification. vrdma senders put 0 there (DF socket), but Linux rxe builds
+ * its own IP header with the kernel's ID generator (nonzero, about +1 per
+ * packet), and a plain UDP socket never shows the receiver that field. So:
+ * - when the transport copies the real headers off the wire (raw mode, which
+ *   needs CAP_NET_RAW: `--transport raw|auto`), the ICRC is checked with the
+ *   real ID, all 32 bits;
+ * - otherwise (socket mode, the default) the ICRC is checked with ID 0 first
+ *   (every vrdma peer: one pass, nothing more), and when that fails the one
+ *   ID consistent with the stored ICRC is solved for by CRC linearity
+ *   (`verifyIcrcAnyId` in roce/icrc.ts). That spends 16 of the 32 bits on
+ *   finding the ID: a corrupted packet from a nonzero-ID peer slips through
+ *   with probability 2^-16, against 2^-32 with raw mode. The link below
+ *   (Ethernet FCS) has already caught almost all corruption by then; the
+ *   ICRC is not an authenticator either way (anyone can compute one).
+ * Packets vrdma sends always carry ID 0 and an ICRC computed with it.
+ *
  * Everything runs on the data-plane Worker: `poll()` when the transport's fd
  * is readable, `runTimers()` when a timer is due.
  *
@@ -23,7 +40,7 @@ import { resolveLocal, SgeViews } from "../engine/sge.ts";
 import type { ParsedWqe } from "../engine/wqe_reader.ts";
 import type { EngineGuest, EngineHost, EngineQp } from "../engine/types.ts";
 import type { RocePacket } from "../roce/headers.ts";
-import { checkIcrc } from "../roce/icrc.ts";
+import { checkIcrc, verifyIcrcAnyId } from "../roce/icrc.ts";
 import { formatIpv4, parseIpv4 } from "../roce/ipv4.ts";
 import { Opcode, OpFlag } from "../roce/opcodes.ts";
 import { buildPacket, ParseFailure, parsePacket } from "../roce/packet.ts";
@@ -352,9 +369,16 @@ export class HostAdapter implements Link {
     const flow = this.#flow;
     flow.srcIp = rx.peerIps[i]!;
     flow.srcPort = rx.peerPorts[i]!;
-    // The ICRC covers the IPv4 ID: exact headers give it; otherwise the 0 every DF sender uses.
-    flow.ipId = rx.headersExact ? (rx.headers[i * 28 + 4]! << 8) | rx.headers[i * 28 + 5]! : 0;
-    if (!checkIcrc(flow, bytes)) {
+    // The ICRC covers the IPv4 ID (see the design note above).
+    let icrcOk: boolean;
+    if (rx.headersExact) {
+      flow.ipId = (rx.headers[i * 28 + 4]! << 8) | rx.headers[i * 28 + 5]!;
+      icrcOk = checkIcrc(flow, bytes);
+    } else {
+      flow.ipId = verifyIcrcAnyId(flow, bytes);
+      icrcOk = flow.ipId >= 0;
+    }
+    if (!icrcOk) {
       counters.add("icrcErrors");
       return;
     }

@@ -30,6 +30,8 @@ export interface WorkerInit {
   ip: string;
   /** The UDP port RoCEv2 is bound to and sent to. */
   port: number;
+  /** How RoCEv2 packets are sent and received (see `TransportOptions.mode`). */
+  transport: "socket" | "raw" | "auto";
 }
 
 /** Runs and commands the data-plane Worker. */
@@ -58,6 +60,7 @@ export class DataPlane {
       logLevel: string;
       ip: string;
       port: number;
+      transport: "socket" | "raw" | "auto";
       onNotice: (notice: DataPlaneNotice) => void;
     },
   ): Promise<DataPlane> {
@@ -83,6 +86,7 @@ export class DataPlane {
       logLevel: options.logLevel,
       ip: options.ip,
       port: options.port,
+      transport: options.transport,
     };
     worker.postMessage(init);
     try {

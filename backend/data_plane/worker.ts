@@ -105,7 +105,7 @@ async function run(init: WorkerInit): Promise<void> {
   const hostTables = new HostTables();
   let transport: UdpTransport;
   try {
-    transport = UdpTransport.open({ ip: init.ip, port: init.port });
+    transport = UdpTransport.open({ ip: init.ip, port: init.port, mode: init.transport });
   } catch (e) {
     epoll.close();
     post({
