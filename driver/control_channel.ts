@@ -18,9 +18,21 @@ import { errnoName } from "../protocol/device_interface.ts";
 import type { Reactor } from "../virtqueue/sys/reactor.ts";
 import { UnixSocket } from "../virtqueue/sys/unix_socket.ts";
 import { VerbsError } from "./errors.ts";
+import { COMMAND_TIMEOUT_MS } from "./control_queue.ts";
 
 /** What a request expects back. */
 export type ReplyKind = "none" | "ack" | "payload";
+
+/** Options of {@linkcode ControlChannel.open}. */
+export interface ControlChannelOptions {
+  /**
+   * How long a request waits for its reply, in ms; default
+   * `COMMAND_TIMEOUT_MS` (control_queue.ts). Past it the channel counts as
+   * lost: vhost-user has one request outstanding, so a late reply could not
+   * be told from the next one's.
+   */
+  timeoutMs?: number;
+}
 
 /** A connected control channel. */
 export class ControlChannel {
@@ -35,18 +47,29 @@ export class ControlChannel {
   #waitingFor = 0;
   #queue: Promise<unknown> = Promise.resolve();
   #error: VerbsError | null = null;
+  readonly #timeoutMs: number;
 
-  private constructor(path: string, socket: UnixSocket, reactor: Reactor) {
+  private constructor(path: string, socket: UnixSocket, reactor: Reactor, timeoutMs: number) {
     this.path = path;
     this.#socket = socket;
     this.#reactor = reactor;
+    this.#timeoutMs = timeoutMs;
   }
 
   /**
    * Connects to the backend at `path`. A missing or dead socket becomes a
-   * `VerbsError` naming the path and the cause (`ENOENT`, `ECONNREFUSED`...).
+   * `VerbsError` naming the path and the cause (`ENOENT`, `ECONNREFUSED`...);
+   * a timeout that is not a positive number of ms, a `RangeError`.
    */
-  static open(path: string, reactor: Reactor): ControlChannel {
+  static open(
+    path: string,
+    reactor: Reactor,
+    options: ControlChannelOptions = {},
+  ): ControlChannel {
+    const timeoutMs = options.timeoutMs ?? COMMAND_TIMEOUT_MS;
+    if (!(timeoutMs > 0 && timeoutMs <= 2 ** 31 - 1)) {
+      throw new RangeError(`request timeout ${timeoutMs} ms is not in 1..${2 ** 31 - 1}`);
+    }
     let socket: UnixSocket;
     try {
       socket = UnixSocket.connect(path);
@@ -57,7 +80,7 @@ export class ControlChannel {
         cause: e,
       });
     }
-    const channel = new ControlChannel(path, socket, reactor);
+    const channel = new ControlChannel(path, socket, reactor, timeoutMs);
     reactor.watch(socket.fd, () => channel.#onReadable());
     return channel;
   }
@@ -75,6 +98,8 @@ export class ControlChannel {
   /**
    * Sends a request and waits for what it expects back: nothing, a REPLY_ACK
    * status (a nonzero status becomes a `VerbsError`), or a reply payload.
+   * No reply within the timeout: the channel fails (`ETIMEDOUT`, naming the
+   * request and the time waited) and the close listeners run.
    */
   request(
     request: number,
@@ -95,8 +120,10 @@ export class ControlChannel {
   ): Promise<Uint8Array> {
     if (this.#error) throw this.#error;
     const bytes = encodeMessage(request, payload, { needReply: reply === "ack" });
-    if (reply !== "none") {
-      this.#waiter = Promise.withResolvers<VhostUserMessage>();
+    // Held here too: a failed send clears `#waiter` (after rejecting it).
+    const waiter = reply === "none" ? null : Promise.withResolvers<VhostUserMessage>();
+    if (waiter !== null) {
+      this.#waiter = waiter;
       this.#waitingFor = request;
     }
     try {
@@ -104,8 +131,26 @@ export class ControlChannel {
     } catch (e) {
       this.#fail(`sending ${requestName(request)} failed: ${(e as Error).message}`);
     }
-    if (reply === "none") return new Uint8Array(0);
-    const msg = await this.#waiter!.promise;
+    if (waiter === null) {
+      if (this.#error) throw this.#error;
+      return new Uint8Array(0);
+    }
+    // Unref'd: a request in flight must not keep the process alive by itself.
+    const timer = setTimeout(
+      () =>
+        this.#fail(
+          `no reply to ${requestName(request)} after ${this.#timeoutMs} ms`,
+          "ETIMEDOUT",
+        ),
+      this.#timeoutMs,
+    );
+    Deno.unrefTimer(timer);
+    let msg: VhostUserMessage;
+    try {
+      msg = await waiter.promise;
+    } finally {
+      clearTimeout(timer);
+    }
     if (reply === "payload") return msg.payload;
     const status = msg.payload.length === 8
       ? new DataView(msg.payload.buffer, msg.payload.byteOffset, 8).getBigUint64(0, true)
@@ -163,9 +208,9 @@ export class ControlChannel {
     waiter.resolve(msg);
   }
 
-  #fail(why: string): void {
+  #fail(why: string, errno = "ENODEV"): void {
     if (this.#error) return;
-    this.#error = new VerbsError("ENODEV", `backend at ${this.path}: ${why}`);
+    this.#error = new VerbsError(errno, `backend at ${this.path}: ${why}`);
     this.#shutdown();
     this.#waiter?.reject(this.#error);
     this.#waiter = null;

@@ -23,6 +23,31 @@ interface Pending {
   done: PromiseWithResolvers<Record<string, unknown>>;
 }
 
+/**
+ * How long a command waits for the device's answer, in ms. A backend that
+ * stops answering but keeps its socket open would otherwise hang every verb
+ * for good; past this the device counts as lost. Generous: a loaded host
+ * answers in well under a second.
+ */
+export const COMMAND_TIMEOUT_MS = 30_000;
+
+/** Options of {@linkcode ControlQueue}. */
+export interface ControlQueueOptions {
+  /** VIRTIO_RING_F_EVENT_IDX was negotiated. */
+  eventIdx: boolean;
+  /** Guest address of the first request/response slot. */
+  slotsAddr: number;
+  /** Tells the device there is work. */
+  ring: () => void;
+  /** Per-command timeout in ms; default {@linkcode COMMAND_TIMEOUT_MS}. */
+  timeoutMs?: number;
+  /**
+   * Runs once when a command times out, after every outstanding command was
+   * failed with `error`: the device is lost (the driver posts DEVICE_FATAL).
+   */
+  onTimeout?: (error: VerbsError) => void;
+}
+
 /** Sends control commands and collects their responses. */
 export class ControlQueue {
   readonly #mem: GuestMemory;
@@ -31,18 +56,22 @@ export class ControlQueue {
   readonly #free: Slot[] = [];
   readonly #slotWaiters: (() => void)[] = [];
   readonly #pending = new Map<number, Pending>();
+  readonly #timeoutMs: number;
+  readonly #onTimeout: ((error: VerbsError) => void) | undefined;
   #error: VerbsError | null = null;
 
   /**
    * A queue at `layout` with one request/response slot per two descriptors,
-   * each slot `2 * MAX_COMMAND_BYTES` starting at `slotsAddr`. `ring` tells the
-   * device there is work.
+   * each slot `2 * MAX_COMMAND_BYTES` starting at `options.slotsAddr`.
+   * Throws a `RangeError` for a timeout that is not a positive number of ms.
    */
-  constructor(
-    mem: GuestMemory,
-    layout: QueueLayout,
-    options: { eventIdx: boolean; slotsAddr: number; ring: () => void },
-  ) {
+  constructor(mem: GuestMemory, layout: QueueLayout, options: ControlQueueOptions) {
+    const timeoutMs = options.timeoutMs ?? COMMAND_TIMEOUT_MS;
+    if (!(timeoutMs > 0 && timeoutMs <= 2 ** 31 - 1)) {
+      throw new RangeError(`command timeout ${timeoutMs} ms is not in 1..${2 ** 31 - 1}`);
+    }
+    this.#timeoutMs = timeoutMs;
+    this.#onTimeout = options.onTimeout;
     this.#mem = mem;
     this.#queue = new DriverQueue(layout, { eventIdx: options.eventIdx });
     this.#queue.init(mem);
@@ -65,7 +94,9 @@ export class ControlQueue {
 
   /**
    * Runs one command: resolves with the response fields, or rejects with a
-   * `VerbsError` carrying the device's errno and message.
+   * `VerbsError` carrying the device's errno and message. A command the
+   * device leaves unanswered for the timeout rejects with `ETIMEDOUT`
+   * naming it and the time waited, and fails the queue for good.
    */
   async execute(op: number, args: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
     if (this.#error) throw this.#error;
@@ -88,7 +119,15 @@ export class ControlQueue {
     this.#pending.set(head, { slot, op, done });
     this.#queue.enableInterrupts(this.#mem);
     if (this.#queue.publish(this.#mem)) this.#ring();
-    const response = await done.promise;
+    // Unref'd: a command in flight must not keep the process alive by itself.
+    const timer = setTimeout(() => this.#timedOut(op), this.#timeoutMs);
+    Deno.unrefTimer(timer);
+    let response: Record<string, unknown>;
+    try {
+      response = await done.promise;
+    } finally {
+      clearTimeout(timer);
+    }
     const status = response.status;
     if (status !== Errno.OK) {
       const name = typeof status === "number" ? errnoName(status) : "EPROTO";
@@ -128,6 +167,21 @@ export class ControlQueue {
       this.#slotWaiters.shift()?.();
       pending.done.resolve(response);
     }
+  }
+
+  /**
+   * A command went unanswered. The queue cannot go on: its slot may still be
+   * written by a device that wakes up later, and the device's state is
+   * unknown, so every command fails, as when the connection drops.
+   */
+  #timedOut(op: number): void {
+    if (this.#error) return;
+    const error = new VerbsError(
+      "ETIMEDOUT",
+      `${opName(op)}: no answer from the device after ${this.#timeoutMs} ms`,
+    );
+    this.fail(error);
+    this.#onTimeout?.(error);
   }
 
   /** Fails every outstanding and future command with `error`. */

@@ -305,9 +305,10 @@ export class Device {
   }
 
   /**
-   * @internal the connection to the backend is gone (it died or closed it).
-   * A dead backend cannot post DEVICE_FATAL itself, so the driver posts it:
-   * the application learns it the same way whatever ended the device.
+   * @internal the backend is gone: it died, closed the connection, or left a
+   * command unanswered past its timeout. A dead backend cannot post
+   * DEVICE_FATAL itself, so the driver posts it: the application learns it
+   * the same way whatever ended the device.
    */
   lose(error: VerbsError): void {
     if (this.#error) return; // closed by the application, or already failed
@@ -445,6 +446,8 @@ export async function openDevice(options: OpenDeviceOptions): Promise<Device> {
       eventIdx,
       slotsAddr: allocator.alloc(ControlQueue.slotBytes(CONTROL_QUEUE_SIZE), 64),
       ring: () => doorbell.ring(CONTROL_QUEUE),
+      // A backend that stops answering is as lost as one that hung up.
+      onTimeout: (error) => device?.lose(error),
     });
     const eventSlots = allocator.alloc(EventQueue.slotBytes(EVENT_QUEUE_SIZE), 64);
     device = new Device({

@@ -27,12 +27,13 @@ import {
   Errno,
   EVENT_QUEUE,
   EVENT_SLOT_BYTES,
+  EventType,
   FIXED_QUEUES,
   MAX_COMMAND_BYTES,
 } from "../../protocol/device_interface.ts";
 import { DeviceModel } from "../device/device_model.ts";
 import type { HostTables } from "../device/host_tables.ts";
-import type { Qp } from "../device/objects.ts";
+import type { Qp, Srq } from "../device/objects.ts";
 import type { VerbsEngine } from "../engine/engine.ts";
 import type { EngineAh, EngineGuest, EngineQp } from "../engine/types.ts";
 import type { QpStateName } from "../../protocol/verbs.ts";
@@ -100,6 +101,8 @@ export class GuestDevice implements EngineGuest {
   readonly #onBroken: (queue: number, error: string) => void;
   /** Broken queues already counted and reported. */
   readonly #reported = new WeakSet<DeviceQueue>();
+  /** QPs and SRQs already given their fatal event: one each, however many queues break. */
+  readonly #fatal = new WeakSet<Qp | Srq>();
 
   /** A guest with nothing set up yet, served by `options.engine` over the backend's tables. */
   constructor(options: GuestDeviceOptions) {
@@ -110,6 +113,11 @@ export class GuestDevice implements EngineGuest {
     this.#engine = options.engine;
     this.#onBroken = options.onBroken;
     this.#counters.add("guests");
+  }
+
+  /** The backend's counters (see {@linkcode EngineGuest.counters}). */
+  get counters(): Counters {
+    return this.#counters;
   }
 
   /** The device model (null before the memory table): the data-path engine's entry to the objects. */
@@ -333,6 +341,7 @@ export class GuestDevice implements EngineGuest {
         return true;
       case "srq":
         this.#engine.serviceSrq(this, owner.object);
+        this.#srqBroken(owner.object);
         return true;
       case "cq":
         // New CQE slots: nothing waits on them (an overrun CQ stays in error).
@@ -342,19 +351,44 @@ export class GuestDevice implements EngineGuest {
 
   /**
    * A QP's SQ or RQ that hostile input broke: counted and reported once, and
-   * the QP goes to ERR, so the guest learns it (an async event) instead of
-   * waiting for WRs that will never run.
+   * the QP goes to ERR with a QP_FATAL event (IBV_EVENT_QP_FATAL: "error
+   * occurred on a QP and it transitioned to error state"), so the guest
+   * learns it instead of waiting for WRs that will never run. A completion
+   * cannot tell it: the WRs in a broken ring are never read again.
    */
   #dataQueueBroken(index: number, qp: Qp, queue: DeviceQueue): void {
     if (!queue.broken || this.#reported.has(queue)) return;
     this.#reportIfBroken(index, queue);
     if (qp.state !== "ERR") this.moveQp(qp, "ERR");
+    // Moving to ERR re-enters through queueBroken when its other queue broke
+    // too: one event per QP all the same. A destroyed QP has no one to tell.
+    if (this.#fatal.has(qp) || !qp.live) return;
+    this.#fatal.add(qp);
+    this.postEvent({ type: EventType.QP_FATAL, element: qp.handle, info: 0 });
   }
 
-  /** See {@linkcode EngineGuest.queueBroken}: counted, reported, and an RQ's QP goes to ERR. */
+  /**
+   * An SRQ that hostile input broke: counted and reported once, with an
+   * SRQ_ERR event (IBV_EVENT_SRQ_ERR). Its QPs stay as they are: each fails
+   * on its own when a message finds no receive (RNR), as with an empty SRQ.
+   */
+  #srqBroken(srq: Srq): void {
+    if (!srq.queue.broken || this.#reported.has(srq.queue)) return;
+    this.#reportIfBroken(srq.queueId, srq.queue);
+    if (this.#fatal.has(srq)) return;
+    this.#fatal.add(srq);
+    this.postEvent({ type: EventType.SRQ_ERR, element: srq.handle, info: 0 });
+  }
+
+  /**
+   * See {@linkcode EngineGuest.queueBroken}: each broken queue of `qp` is
+   * counted and reported once; a broken SQ or RQ puts the QP in ERR with
+   * QP_FATAL, a broken SRQ gets SRQ_ERR.
+   */
   queueBroken(qp: EngineQp): void {
     const q = qp as Qp;
-    if (q.srq !== null) this.#reportIfBroken(q.srq.queueId, q.srq.queue);
+    this.#dataQueueBroken(q.sqQueue, q, q.sq);
+    if (q.srq !== null) this.#srqBroken(q.srq);
     else if (q.rq !== null && q.rqQueue !== null) this.#dataQueueBroken(q.rqQueue, q, q.rq);
   }
 

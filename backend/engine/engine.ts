@@ -145,6 +145,14 @@ export class VerbsEngine {
     this.#serviceSq(guest, qp);
     // Packets of the WRs just taken leave now, not at the next loop round.
     this.#adapter?.flush();
+    // The SQ may break here on a timer's retry or a move to RTS, not only on
+    // its doorbell: the guest hears of it now, not when it next rings.
+    this.#reportBroken(guest, qp);
+  }
+
+  /** Hands a QP's queues that hostile ring contents broke to the guest (once each, there). */
+  #reportBroken(guest: EngineGuest, qp: EngineQp): void {
+    if (qp.sq.broken || qp.rq?.broken || qp.srq?.queue.broken) guest.queueBroken?.(qp);
   }
 
   #serviceSq(guest: EngineGuest, qp: EngineQp): void {
@@ -303,7 +311,10 @@ export class VerbsEngine {
       if (qp.rq) this.#drop(guest, qp.rq);
     } else if (to === "RTS" && from !== "RTS") {
       this.serviceSq(guest, qp);
+      return; // serviceSq reported what broke
     }
+    // Flushing or dropping reads the rings, so it too can find them broken.
+    this.#reportBroken(guest, qp);
   }
 
   /** Forgets a destroyed QP. */

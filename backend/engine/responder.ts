@@ -45,6 +45,9 @@ export function takeRecv(guest: EngineGuest, qp: EngineQp): TakenRecv | undefine
     if (queue.broken) guest.queueBroken?.(qp);
     return undefined;
   }
+  // Counted here, where both the same-host path and the host adapter take
+  // their receives, malformed ones included (as sendWqes counts every WQE).
+  guest.counters?.add("recvWqes");
   const maxSge = qp.srq ? qp.srq.maxSge : qp.cap.maxRecvSge;
   const error = readWqe(recvChain, recvWqe, { maxSge, maxInline: 0, recv: true });
   queue.addUsed(mem, recvChain.head, 0);

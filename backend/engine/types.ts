@@ -10,6 +10,7 @@ import type { DeviceQueue } from "../../virtqueue/device_queue.ts";
 import type { GuestMemory } from "../../virtqueue/memory.ts";
 import type { DeviceEvent } from "../../protocol/device_interface.ts";
 import type { AhAttr, QpCap, QpStateName, QpType } from "../../protocol/verbs.ts";
+import type { Counters } from "../data_plane/stats.ts";
 
 /** A protection domain. */
 export interface EnginePd {
@@ -137,8 +138,17 @@ export interface EngineGuest {
   ah(handle: number): EngineAh | undefined;
   /** Moves a QP to a new state as the device does by itself (errors, drained SQ). */
   moveQp(qp: EngineQp, to: QpStateName): void;
-  /** Reports that `qp`'s receive queue (its RQ or SRQ) broke while the device read it. */
+  /**
+   * Reports that one of `qp`'s queues (its SQ, RQ or SRQ) broke while the
+   * device read it. Harmless when none did, and for a queue already reported.
+   */
   queueBroken?(qp: EngineQp): void;
+  /**
+   * The backend's counters, for what the engine counts where it has no
+   * counters of its own at hand (receive WQEs taken, on either path).
+   * Optional so test guests need not carry one.
+   */
+  readonly counters?: Counters;
 }
 
 /** Host-wide lookups shared by every guest. */

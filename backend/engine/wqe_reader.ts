@@ -9,7 +9,14 @@
  */
 
 import type { DescriptorChain } from "../../virtqueue/descriptor_chain.ts";
-import { RECV_OPCODE, SendFlags, SGE_BYTES, Wqe, WQE_HEADER_BYTES } from "../../protocol/verbs.ts";
+import {
+  RECV_OPCODE,
+  SendFlags,
+  SGE_BYTES,
+  Wqe,
+  WQE_HEADER_BYTES,
+  WrOpcode,
+} from "../../protocol/verbs.ts";
 
 /** Most SGEs a WQE may carry (the device's maxSge). */
 export const MAX_WQE_SGES = 16;
@@ -62,6 +69,15 @@ export class ParsedWqe {
   }
 }
 
+/**
+ * Whether a send opcode can carry its payload inline (rxe's WR_INLINE_MASK):
+ * a READ or an atomic has no outgoing payload, so INLINE on one is malformed.
+ */
+function inlineAllowed(opcode: number): boolean {
+  return opcode === WrOpcode.SEND || opcode === WrOpcode.SEND_WITH_IMM ||
+    opcode === WrOpcode.RDMA_WRITE || opcode === WrOpcode.RDMA_WRITE_WITH_IMM;
+}
+
 const scratch = new Uint8Array(WQE_HEADER_BYTES + MAX_WQE_SGES * SGE_BYTES);
 const view = new DataView(scratch.buffer);
 
@@ -110,6 +126,9 @@ export function readWqe(
     return `opcode ${out.opcode} on a ${limits.recv ? "receive" : "send"} queue`;
   }
   if ((out.flags & SendFlags.INLINE) !== 0 && !limits.recv) {
+    // The driver refuses these, but a guest can write its ring directly: read
+    // as inline, a READ would run with no SGEs and "succeed" reading nothing.
+    if (!inlineAllowed(out.opcode)) return `opcode ${out.opcode} cannot carry INLINE data`;
     const len = view.getUint32(Wqe.INLINE_LEN, true);
     if (len > limits.maxInline) return `inline data of ${len} bytes exceeds ${limits.maxInline}`;
     if (available < WQE_HEADER_BYTES + len) return `inline data of ${len} bytes runs past the WQE`;

@@ -124,3 +124,35 @@ Deno.test("an address above 2^53 parses as -1 so every range check fails", () =>
   assert.equal(out.remoteAddr, -1);
   assert.equal(out.sgeAddr[0], -1);
 });
+
+Deno.test("INLINE on a READ or an atomic is malformed; on SEND and WRITE it is not", () => {
+  for (
+    const opcode of [
+      WrOpcode.RDMA_READ,
+      WrOpcode.ATOMIC_CMP_AND_SWP,
+      WrOpcode.ATOMIC_FETCH_AND_ADD,
+      7, // past the table: nothing to carry inline either
+    ]
+  ) {
+    const { bytes } = wqe({ opcode, flags: SendFlags.INLINE | SendFlags.SIGNALED, inlineLen: 0 });
+    const out = new ParsedWqe();
+    assert.equal(
+      readWqe(pop(bytes), out, LIMITS),
+      `opcode ${opcode} cannot carry INLINE data`,
+    );
+    // The error completion still carries the WR's own id and opcode.
+    assert.equal(out.wrId, 0x1122334455667788n);
+    assert.equal(out.opcode, opcode);
+  }
+  for (
+    const opcode of [
+      WrOpcode.SEND,
+      WrOpcode.SEND_WITH_IMM,
+      WrOpcode.RDMA_WRITE,
+      WrOpcode.RDMA_WRITE_WITH_IMM,
+    ]
+  ) {
+    const { bytes } = wqe({ opcode, flags: SendFlags.INLINE, inlineLen: 4 }, 4);
+    assert.equal(readWqe(pop(bytes), new ParsedWqe(), LIMITS), null, `opcode ${opcode}`);
+  }
+});
