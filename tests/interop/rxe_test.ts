@@ -3,8 +3,8 @@
  * rxe with rdma-core's and perftest's tools (tests/helpers/rxe_lab.ts);
  * a vrdma backend sits on the lab bridge at 10.99.0.1 and vrdma guests run
  * `tools/pingpong.ts` and `tools/perf.ts` against `ibv_rc_pingpong`,
- * `ibv_ud_pingpong`, `ib_write_bw`, `ib_read_bw`, `ib_send_bw` and
- * `ib_atomic_bw`, vrdma as client and as server. Both sides validate the
+ * `ibv_ud_pingpong`, `ib_write_bw`, `ib_read_bw`, `ib_send_bw`,
+ * `ib_atomic_bw` and the four `_lat` tests, vrdma as client and as server. Both sides validate the
  * data where the tool can (`-c`), both must succeed, and the figures the
  * two sides print must agree. Every packet on the bridge, in both
  * directions, must then pass `icrc_check.py` (scapy); vrdma's packets must
@@ -77,10 +77,40 @@ function pingpongCase(kind: "rc" | "ud", size: number, iters: number): Case {
   };
 }
 
-/** perftest's result row: bytes, iterations, peak BW, average BW, message rate. */
+/** perftest's result row: bytes, iterations, then the figures (bw: 3, lat: 7). */
 function perfRow(output: string): number[] | null {
-  const m = /^\s*(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$/m.exec(output);
-  return m === null ? null : m.slice(1).map(Number);
+  const m = /^[ \t]*(\d+)[ \t]+(\d+)((?:[ \t]+[\d.]+)+)[ \t]*$/m.exec(output);
+  if (m === null) return null;
+  return [Number(m[1]), Number(m[2]), ...m[3]!.trim().split(/\s+/).map(Number)];
+}
+
+/**
+ * A perftest latency test. write_lat and send_lat are ping-pongs: both
+ * sides print their own figures. read_lat and atomic_lat: only the client
+ * posts and prints.
+ */
+function perfLatCase(test: string, size: number, iters: number): Case {
+  const sizeArgs = test === "atomic_lat" ? [] : ["-s", `${size}`];
+  const bothPrint = test === "write_lat" || test === "send_lat";
+  return {
+    name: `ib_${test} ${size} B x ${iters}`,
+    rxe: `ib_${test} -d rxe0 -x 1 -F -n ${iters} ${sizeArgs.join(" ")}`,
+    vrdma: ["tools/perf.ts", [test, "-n", `${iters}`, ...sizeArgs]],
+    check: (vrdma, rxe) => {
+      assert.equal(vrdma.code, 0, explain(vrdma, rxe));
+      assert.equal(rxe.code, 0, explain(vrdma, rxe));
+      const rows = [perfRow(vrdma.output), perfRow(rxe.output)];
+      const printed = rows.filter((r) => r !== null);
+      assert.ok(printed.length >= (bothPrint ? 2 : 1), `no result row\n${explain(vrdma, rxe)}`);
+      for (const row of printed) {
+        assert.deepEqual(row.slice(0, 2), [size, iters], explain(vrdma, rxe));
+        assert.equal(row.length, 9, `a latency row has 9 columns: ${row}`);
+        assert.ok(row[5]! > 0, `t_avg ${row[5]}\n${explain(vrdma, rxe)}`);
+      }
+      const avg = (r: number[] | null) => r === null ? "-" : `${r[5]} us`;
+      return `t_avg vrdma ${avg(rows[0]!)}, perftest ${avg(rows[1]!)}`;
+    },
+  };
 }
 
 function perfCase(test: string, size: number, iters: number): Case {
@@ -140,6 +170,10 @@ const cases: Case[] = [
   perfCase("read_bw", 65536, 50),
   perfCase("send_bw", 65536, 50),
   perfCase("atomic_bw", 8, 200),
+  perfLatCase("write_lat", 2, 100),
+  perfLatCase("send_lat", 2, 100),
+  perfLatCase("read_lat", 2, 100),
+  perfLatCase("atomic_lat", 8, 100),
 ];
 
 /** IPv4 ID and addresses of every UDP 4791 packet in an Ethernet capture. */

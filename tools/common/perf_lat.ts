@@ -3,7 +3,8 @@
  * and `run_iter_lat` run them. Every loop records the time of each post;
  * consecutive posts are one round trip apart ({@linkcode latReport}).
  *
- * - {@linkcode runWriteLat}: ping-pong. The client writes first; each side
+ * - {@linkcode runWriteLat}: ping-pong. The server writes first (perftest's
+ *   `!(scnt < 1 && machine == SERVER)`, seen on the wire too); each side
  *   writes `size` bytes whose last byte is the iteration number (mod 256)
  *   into the peer's `in` area, then polls its own `in` area's last byte for
  *   the peer's answer. Small messages go inline.
@@ -78,7 +79,7 @@ export async function runWriteLat(
   const bar = ctx.progress(`write_lat ${o.size} B`, o.iters);
   try {
     while (scnt < o.iters || rcnt < o.iters || ccnt < o.iters) {
-      if (rcnt < o.iters && !(scnt < 1 && o.client)) {
+      if (rcnt < o.iters && !(scnt < 1 && !o.client)) {
         rcnt++;
         const tag = rcnt & 0xff;
         // Atomics.load: the host's Worker writes this byte; a plain load could be hoisted.

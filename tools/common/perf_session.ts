@@ -12,11 +12,12 @@
  * - send_bw: per size the server posts its receives, a barrier, both run
  *   (the client sends, the server receives, each prints its own figures),
  *   with `--all` another barrier; then a barrier and `done`.
- * - write_lat: both run the ping-pong and print; the socket just closes.
+ * - write_lat: per size a barrier, then both run the ping-pong (the server
+ *   writes first) and print; the socket just closes.
  * - send_lat: per size both post receives, a barrier, the ping-pong; then
  *   a barrier and `done`.
- * - read_lat, atomic_lat: only the client runs and prints; the server
- *   waits at the closing barrier (`done`).
+ * - read_lat, atomic_lat: a barrier, then only the client runs and
+ *   prints; the server waits at the closing barrier (`done`).
  *
  * @module
  */
@@ -162,6 +163,7 @@ async function latSide(
   switch (o.test.verb) {
     case "write":
       for (const size of runSizes(o)) {
+        await ch.keys(mine, `the barrier before ${size} B`);
         const r = await runWriteLat(g, remote, run(size), ctx);
         printer.lat(r);
         reports.push(r);
@@ -178,7 +180,9 @@ async function latSide(
       }
       break;
     default:
-      // perftest's read_lat and atomic_lat: only the client posts.
+      // perftest's read_lat and atomic_lat: one more barrier (as every
+      // latency test has, seen on the wire), then only the client posts.
+      await ch.keys(mine, "the barrier before the test");
       if (ch.client) {
         for (const size of runSizes(o)) {
           const r = await runReadLat(g, remote, run(size), ctx);
