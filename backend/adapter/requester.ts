@@ -36,6 +36,17 @@ import type { QpCounters } from "./qp_counters.ts";
 
 /** Most PSNs sent and not yet acknowledged; bounds what a lost ACK costs and the peer's queue. */
 export const SEND_WINDOW = 512;
+/**
+ * The least the congestion window shrinks to. The window (at most
+ * {@linkcode SEND_WINDOW}) halves on every loss (a PSN sequence NAK, a gap in
+ * READ or atomic responses) and drops to this on a timeout, then grows
+ * again with each acknowledged PSN: one PSN per PSN below the threshold
+ * (doubling per round trip), about 8 per window above it. A peer that drops
+ * because it is overrun (Linux rxe in a slow VM, a full socket buffer) then
+ * gets fewer packets at once instead of the same go-back-N burst again and
+ * again; a clean path runs at the full window after a few round trips.
+ */
+export const MIN_WINDOW = 16;
 /** A long message asks for an ACK at least this often, so the window keeps moving. */
 const ACK_EVERY = 64;
 
@@ -102,6 +113,12 @@ export class Requester {
   #lastGoBack = -1;
   #sinceAckReq = 0;
   #dead = false;
+  /** Congestion window in PSNs (see {@linkcode MIN_WINDOW}); fractional while it grows. */
+  #window = SEND_WINDOW;
+  /** Below it the window grows fast (slow start), above it slowly. */
+  #threshold = SEND_WINDOW;
+  /** `#unacked` when the window last grew: what the next progress acknowledges on top. */
+  #grownTo: number;
   readonly #stats: QpCounters;
 
   /** The requester of `wire.qp` (in RTS), over `link`. */
@@ -120,6 +137,7 @@ export class Requester {
     this.#nextPsn = qp.sqPsn;
     this.#unacked = qp.sqPsn;
     this.#sentEnd = qp.sqPsn;
+    this.#grownTo = qp.sqPsn;
     this.#retryLeft = qp.retryCnt;
     this.#rnrLeft = qp.rnrRetry;
   }
@@ -158,7 +176,7 @@ export class Requester {
       if (wr.readOrAtomic && this.#readsInFlight >= Math.max(1, this.#qp.maxRdAtomic)) return;
       if (this.#sendPacket === 0 && wr.fenced && this.#readsInFlight > 0) return;
       const psn = psnAdd(wr.firstPsn, this.#sendPacket);
-      if (psnDiff(psn, this.#unacked) >= SEND_WINDOW) return;
+      if (psnDiff(psn, this.#unacked) >= this.#window) return;
       const slot = this.#link.outbox.slot();
       if (slot === null) {
         this.#link.blocked(this);
@@ -298,7 +316,7 @@ export class Requester {
         if (this.#rnrLeft !== 7) this.#rnrLeft--;
         // Wait out the timer the responder asked for, then send again from there.
         this.#rnrUntil = this.#link.now() + rnrDelayMs(syndrome & 0x1f);
-        this.#goBack(psn, true);
+        this.#goBack(psn, true, "rnr");
         this.#deadline = Infinity;
         return;
       }
@@ -428,8 +446,22 @@ export class Requester {
     if (!this.#dead) this.pump();
   }
 
-  /** Forward progress: the budgets refill and the timer restarts. */
+  /** PSNs the requester may have in flight now (the congestion window). */
+  get window(): number {
+    return Math.floor(this.#window);
+  }
+
+  /** Forward progress: the budgets refill, the window grows, the timer restarts. */
   #progress(): void {
+    const acked = psnDiff(this.#unacked, this.#grownTo);
+    if (acked > 0) {
+      this.#grownTo = this.#unacked;
+      const w = this.#window;
+      this.#window = Math.min(
+        SEND_WINDOW,
+        w < this.#threshold ? w + acked : w + (8 * acked) / w,
+      );
+    }
     this.#retryLeft = this.#qp.retryCnt;
     this.#rnrLeft = this.#qp.rnrRetry;
     this.#lastGoBack = -1;
@@ -437,10 +469,19 @@ export class Requester {
     this.#deadline = waiting ? this.#link.now() + this.#timeoutMs : Infinity;
   }
 
-  /** Restarts transmission at `psn` (go-back-N). Without `force`, once per PSN until progress. */
-  #goBack(psn: number, force: boolean): void {
+  /**
+   * Restarts transmission at `psn` (go-back-N). Without `force`, once per PSN
+   * until progress. `cause` says what it means for the window: a loss halves
+   * it, a timeout shrinks it to {@linkcode MIN_WINDOW}, an RNR NAK (the peer
+   * had no receive posted, nothing was lost to congestion) leaves it.
+   */
+  #goBack(psn: number, force: boolean, cause: "loss" | "timeout" | "rnr" = "loss"): void {
     if (!force && psn === this.#lastGoBack) return;
     this.#lastGoBack = psn;
+    if (cause !== "rnr") {
+      this.#threshold = Math.max(MIN_WINDOW, Math.floor(this.#window / 2));
+      this.#window = cause === "timeout" ? MIN_WINDOW : this.#threshold;
+    }
     const wrs = this.#wrs;
     let i = 0;
     while (i < wrs.length && psnDiff(psn, psnAdd(wrs[i]!.firstPsn, wrs[i]!.psnCount)) >= 0) i++;
@@ -485,7 +526,7 @@ export class Requester {
       return;
     }
     this.#retryLeft--;
-    this.#goBack(this.#unacked, true);
+    this.#goBack(this.#unacked, true, "timeout");
   }
 
   /** Completes the oldest WR with `status`. */

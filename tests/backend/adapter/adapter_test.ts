@@ -17,6 +17,7 @@ import type { SendWr, WorkCompletion } from "../../../driver/types.ts";
 import { Op } from "../../../protocol/device_interface.ts";
 import type { Impairments } from "../../../backend/roce/lossy_fabric.ts";
 import { Opcode, OpFlag } from "../../../backend/roce/opcodes.ts";
+import { SEND_WINDOW } from "../../../backend/adapter/requester.ts";
 import { assertBytes, assertFilled, pattern } from "./fixtures/bytes.ts";
 import { pair, type PairOptions, type Side } from "./fixtures/pair.ts";
 import { Rig, stat } from "./fixtures/rig.ts";
@@ -583,6 +584,73 @@ Deno.test("adapter: a lost packet in a multi-packet WRITE draws a PSN sequence N
   const resent = sentBy(events, 0).filter((e) => e.packet.psn === missing);
   assert.equal(resent.length, 2, "the missing packet went out again");
   assertBytes(b.mr.bytes.subarray(0, 8192), data, "the WRITE");
+});
+
+/**
+ * The most PSNs host 0 had sent beyond the oldest one not yet acknowledged
+ * (as far as host 0 knew from what it received) between events `from` and `to`.
+ */
+function maxInFlight(events: readonly WireEvent[], start: number, from = 0, to = Infinity): number {
+  let unacked = start;
+  let most = 0;
+  for (const [i, e] of events.entries()) {
+    if (e.packet === null || i >= to) continue;
+    if (e.direction === "received" && e.to === 0 && e.packet.opcode === Opcode.RC_ACKNOWLEDGE) {
+      const kind = aethKind(e.packet.syndrome);
+      // An ACK acknowledges its PSN; a NAK the ones before it.
+      const through = kind === "ACK" ? psnPlus(e.packet.psn, 1) : e.packet.psn;
+      if (((through - unacked) & 0xff_ffff) < 0x80_0000) unacked = through;
+    } else if (i >= from && e.direction === "sent" && e.from === 0 && isRequest(e.packet)) {
+      most = Math.max(most, ((e.packet.psn - unacked) & 0xff_ffff) + 1);
+    }
+  }
+  return most;
+}
+
+Deno.test("adapter: a loss halves the congestion window; a lost last packet is found by the timer", () => {
+  const { rig, a, b, psnA } = twoHosts({ pathMtu: 1024, mrBytes: 1 << 20, timeout: 12 });
+  using _ = rig;
+  const events = record(rig);
+  // 1024 packets. PSN 700 is lost once: a sequence NAK. The last packet is
+  // lost when it goes out again after that (its first copy may leave before
+  // the NAK comes back): only the timer finds that.
+  const sends = new Map<number, number>();
+  rig.decide = (p) => {
+    if (p.sourceIp !== rig.host(0).endpoint.localIp) return undefined;
+    const psn = (p.bytes[9]! << 16) | (p.bytes[10]! << 8) | p.bytes[11]!;
+    const n = (sends.get(psn) ?? 0) + 1;
+    sends.set(psn, n);
+    if (psn === psnPlus(psnA, 700) && n === 1) return "drop";
+    if (psn === psnPlus(psnA, 1023) && n === 2) return "drop";
+    return undefined;
+  };
+  const data = pattern(1 << 20, 5);
+  a.mr.bytes.set(data);
+  a.qp.postSend({
+    wrId: 1n,
+    opcode: "RDMA_WRITE",
+    sgList: [a.mr.sge(0, 1 << 20)],
+    rdma: { remoteAddr: b.mr.addrAt(0), rkey: b.mr.rkey },
+  });
+  const [wc] = rig.collect(a.cq, 1);
+  assert.equal(wc!.status, "SUCCESS");
+  assertBytes(b.mr.bytes, data, "the WRITE");
+  const isNakEvent = (e: WireEvent) =>
+    e.direction === "received" && e.to === 0 && e.packet !== null &&
+    isNak(e.packet, NakCode.PSN_SEQUENCE_ERROR);
+  const nakAt = events.findIndex(isNakEvent);
+  assert.ok(nakAt > 0, `host 0 got a sequence NAK:\n${rig.trace()}`);
+  const before = maxInFlight(events, psnA, 0, nakAt);
+  assert.equal(before, SEND_WINDOW, "a clean start runs at the full window");
+  const after = maxInFlight(events, psnA, nakAt);
+  assert.ok(after <= SEND_WINDOW / 2, `after the loss at most ${SEND_WINDOW / 2}, got ${after}`);
+  // The last packet's loss is only found by the timer: one packet to resend, then done.
+  assert.equal(stat(rig.host(0), "timeouts"), 1);
+  assert.equal(
+    sends.get(psnPlus(psnA, 1023)),
+    3,
+    "the last packet's third copy, after the timeout",
+  );
 });
 
 // ---- RNR -----------------------------------------------------------------
