@@ -32,7 +32,7 @@ import { spawnFabric } from "./fixtures/backend_process.ts";
 import { CompletionLog } from "./fixtures/completions.ts";
 import { Endpoint, REGIONS, retryWindowMs } from "./fixtures/endpoint.ts";
 import { LineChild } from "./fixtures/line_child.ts";
-import { fdChanges, memfdMappings, procFigures } from "./fixtures/proc.ts";
+import { fdGrowth, memfdMappings, procFigures } from "./fixtures/proc.ts";
 
 const IPS = ["127.0.0.66", "127.0.0.67"] as const;
 const VICTIM = new URL("./fixtures/victim_guest.ts", import.meta.url).pathname;
@@ -193,14 +193,14 @@ Deno.test("a guest SIGKILLed mid-transfer across two hosts: freed on its host; i
     // transport's LRU cache (up to 256 of them) after the QP is gone.
     const fdsBack = await eventually(
       () =>
-        Object.keys(fdChanges(idleA.fdKinds, procFigures(hostA.pid).fdKinds, ["udp"])).length === 0,
+        Object.keys(fdGrowth(idleA.fdKinds, procFigures(hostA.pid).fdKinds, ["udp"])).length === 0,
       5000,
     );
     const nowA = procFigures(hostA.pid);
     assert.ok(
       fdsBack,
       `host A's fds back to idle: ${
-        JSON.stringify(fdChanges(idleA.fdKinds, nowA.fdKinds, ["udp"]))
+        JSON.stringify(fdGrowth(idleA.fdKinds, nowA.fdKinds, ["udp"]))
       }`,
     );
     const udpKept = (nowA.fdKinds.udp ?? 0) - (idleA.fdKinds.udp ?? 0);
