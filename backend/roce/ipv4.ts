@@ -48,7 +48,7 @@ export function parseIpv4(text: string): number {
  *
  * @example
  * ```ts
- * import { formatIpv4 } from "./udp_socket.ts";
+ * import { formatIpv4 } from "./ipv4.ts";
  * if (formatIpv4(0x7f000003) !== "127.0.0.3") throw new Error("wrong");
  * ```
  */

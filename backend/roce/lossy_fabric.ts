@@ -41,7 +41,7 @@ import {
   type RoceTransport,
   type TransportStats,
 } from "./transport.ts";
-import { writeIpv4UdpHeader } from "./udp_socket.ts";
+import { writeIpv4UdpHeader } from "./ipv4_udp_header.ts";
 
 /** Probabilities (0..1) of each impairment per datagram, and the reorder depth. */
 export interface Impairments {
