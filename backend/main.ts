@@ -40,7 +40,8 @@ export async function main(args: string[]): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({
-      args,
+      // `npm start -- args` / `deno task start -- args` hand the script the "--" too.
+      args: args[0] === "--" ? args.slice(1) : args,
       options: {
         socket: { type: "string" },
         ip: { type: "string" },

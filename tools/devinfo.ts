@@ -52,7 +52,8 @@ export async function main(args: readonly string[]): Promise<number> {
   let values;
   try {
     values = parseArgs({
-      args: [...args],
+      // `deno task devinfo -- args` hands the script the "--" too.
+      args: args[0] === "--" ? args.slice(1) : [...args],
       strict: true,
       options: {
         "ib-dev": { type: "string", short: "d" },

@@ -21,7 +21,8 @@ import { runPingpong } from "./common/pingpong_run.ts";
 
 /** Runs the tool on `args`; returns the exit code. */
 export async function main(args: readonly string[]): Promise<number> {
-  const parsed = parsePingpongArgs(args);
+  // `deno task ... -- args` hands the script the "--" too.
+  const parsed = parsePingpongArgs(args[0] === "--" ? args.slice(1) : args);
   if (parsed.kind === "usage") {
     if (parsed.error !== undefined) console.error(parsed.error);
     console.log(pingpongUsage("tools/pingpong.ts"));

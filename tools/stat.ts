@@ -333,7 +333,8 @@ function terminalWidth(): number {
 
 /** Runs the tool on `args`; returns the exit code. */
 export async function main(args: readonly string[]): Promise<number> {
-  const parsed = parseStatArgs(args);
+  // `deno task ... -- args` hands the script the "--" too.
+  const parsed = parseStatArgs(args[0] === "--" ? args.slice(1) : args);
   if (parsed.kind === "usage") {
     if (parsed.error !== undefined) {
       console.error(`${parsed.error}\n\n${USAGE}`);

@@ -88,7 +88,8 @@ interface Options {
 
 function options(): Options {
   const { values } = parseArgs({
-    args: Deno.args,
+    // `deno task bench:... -- args` hands the script the "--" too.
+    args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
     options: {
       iters: { type: "string", default: "10000" },
       warmup: { type: "string", default: "500" },

@@ -88,7 +88,8 @@ interface Options {
 
 function options(): Options {
   const { values } = parseArgs({
-    args: Deno.args,
+    // `deno task bench:... -- args` hands the script the "--" too.
+    args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
     options: {
       seconds: { type: "string", default: "1" },
       rounds: { type: "string", default: "3" },

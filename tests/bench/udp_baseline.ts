@@ -41,7 +41,8 @@ import { canOpenRawSockets } from "../../backend/roce/udp_socket.ts";
 import { ForeignLoad } from "./fixtures/cpu_load.ts";
 
 const o = parseArgs({
-  args: Deno.args,
+  // `deno task bench:... -- args` hands the script the "--" too.
+  args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
   options: {
     seconds: { type: "string", default: "3" },
     warmup: { type: "string", default: "0.5" },

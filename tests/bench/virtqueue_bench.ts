@@ -208,7 +208,8 @@ const round2 = (x: number): number => Math.round(x * 100) / 100;
 
 if (import.meta.main) {
   const { values } = parseArgs({
-    args: Deno.args,
+    // `deno task bench:... -- args` hands the script the "--" too.
+    args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
     options: {
       size: { type: "string", default: "256" },
       batch: { type: "string", default: "32" },

@@ -3,7 +3,7 @@ import { planMessage } from "../../../backend/roce/segment.ts";
 
 // Opcode numbers straight from WIRE.md, not from the table under test.
 const SEND_FIRST = 0x00, SEND_MIDDLE = 0x01, SEND_LAST_IMM = 0x03, SEND_ONLY = 0x04;
-const WRITE_FIRST = 0x06, WRITE_MIDDLE = 0x07, WRITE_LAST = 0x08, WRITE_ONLY = 0x0a;
+const WRITE_FIRST = 0x06, WRITE_MIDDLE = 0x07, WRITE_LAST = 0x08;
 const READ_REQUEST = 0x0c, FETCH_ADD = 0x14, UC_SEND_ONLY = 0x24, UD_SEND_ONLY = 0x64;
 
 Deno.test("an RC WRITE spanning MTUs is FIRST, MIDDLE..., LAST with AckReq on the last only", () => {
