@@ -10,39 +10,25 @@
  * @module
  */
 
-import { ERRNO, lastError, O_CLOEXEC, O_NONBLOCK } from "../../virtqueue/sys/libc.ts";
+import {
+  ERRNO,
+  lastError,
+  type Libc,
+  libc,
+  O_CLOEXEC,
+  O_NONBLOCK,
+} from "../../virtqueue/sys/libc.ts";
+
+/** The socket calls of the UDP layer: the one libc table (virtqueue/sys/libc.ts). */
+export type SocketCalls = Libc;
 
 /**
- * The socket calls of the UDP layer. The `Deno.dlopen` in
- * `virtqueue/sys/libc.ts` does not list them; this one opens the same libc
- * on first use.
- */
-const SYMBOLS = {
-  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
-  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
-  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
-  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
-  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
-  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
-  recvfrom: {
-    parameters: ["i32", "buffer", "usize", "i32", "buffer", "buffer"],
-    result: "isize",
-  },
-  sendmmsg: { parameters: ["i32", "buffer", "u32", "i32"], result: "i32" },
-  recvmmsg: { parameters: ["i32", "buffer", "u32", "i32", "pointer"], result: "i32" },
-} as const satisfies Deno.ForeignLibraryInterface;
-
-/** The socket calls, as returned by {@linkcode sys}. */
-export type SocketCalls = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
-let calls: SocketCalls | undefined;
-
-/**
- * The socket calls, opening libc on the first call: importing the UDP layer
- * costs nothing and needs no `--allow-ffi` until a socket is made.
+ * The socket calls. libc is opened on the first call (in libc.ts), so
+ * importing the UDP layer costs nothing and needs no `--allow-ffi` until a
+ * socket is made.
  */
 export function sys(): SocketCalls {
-  if (calls === undefined) calls = Deno.dlopen("libc.so.6", SYMBOLS).symbols;
-  return calls;
+  return libc();
 }
 
 /** `AF_INET`: IPv4. */
