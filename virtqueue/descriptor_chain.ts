@@ -31,6 +31,8 @@ import {
 } from "./layout.ts";
 
 const TWO_POW_32 = 0x1_0000_0000;
+/** True when typed arrays use little-endian order, the order of descriptor fields. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 /** `hi` words at or above this make an address beyond 2^53: outside any guest memory. */
 const HI_LIMIT = 0x200000;
 
@@ -76,6 +78,9 @@ export class DescriptorChain {
   #regions: (GuestRegion | null)[];
   readonly #reader: ChainReader;
   readonly #writer: ChainWriter;
+  /** The table {@linkcode DescriptorChain.fill} was given last, and its u32 words (see #wordsOf). */
+  #table: DataView | null = null;
+  #words: Uint32Array | null = null;
 
   /** An empty chain with room for `capacity` buffers; it grows when a longer chain arrives. */
   constructor(capacity = 4) {
@@ -194,6 +199,62 @@ export class DescriptorChain {
    * reports the length overflow.
    */
   fill(mem: GuestMemory, table: DataView, size: number, head: number, indirect: boolean): void {
+    // Fast path, the common case: one plain descriptor, read as typed-array
+    // elements. Everything else goes to #fillChain. Kept apart so that this
+    // stays under V8's inlining limit (460 bytecode bytes): with the general
+    // walk inside, V8 called fill from the pop loops instead of inlining it
+    // (--trace-turbo-inlining: "exceeds bytecode limit").
+    const words = table === this.#table ? this.#words : this.#wordsOf(table);
+    if (words === null || (head >>> 0) !== head || head >= size) {
+      this.#fillChain(mem, table, size, head, indirect);
+      return;
+    }
+    const w = head << 2;
+    // Each field is read once: a driver rewriting the table meanwhile
+    // cannot make two reads of one field disagree.
+    const flags = words[w + 3]!;
+    if ((flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) !== 0) {
+      this.#fillChain(mem, table, size, head, indirect);
+      return;
+    }
+    const lo = words[w]!, hi = words[w + 1]!, len = words[w + 2]!;
+    const addr = hi === 0 ? lo : toAddr(hi, lo);
+    const r = mem.regionOf(addr, len);
+    // References are stored only when they change: a pointer store pays
+    // for V8's write barrier, and a device pops from the same memory and
+    // region nearly every time.
+    if (this.#mem !== mem) this.#mem = mem;
+    this.#head = head;
+    if (r === null) throw VirtqueueError.address(head, addr, len);
+    if (this.#regions[0] !== r) this.#regions[0] = r;
+    this.#addrs[0] = addr;
+    this.#lens[0] = len;
+    this.#count = 1;
+    if ((flags & VIRTQ_DESC_F_WRITE) !== 0) {
+      this.#readable = 0;
+      this.#readableBytes = 0;
+      this.#writableBytes = len;
+    } else {
+      this.#readable = 1;
+      this.#readableBytes = len;
+      this.#writableBytes = 0;
+    }
+    this.#reader.rewind();
+    this.#writer.rewind();
+  }
+
+  /**
+   * The general walk of {@linkcode DescriptorChain.fill} (several
+   * descriptors, or an indirect table), apart so that the one-descriptor
+   * path stays small enough for V8 to inline into the pop.
+   */
+  #fillChain(
+    mem: GuestMemory,
+    table: DataView,
+    size: number,
+    head: number,
+    indirect: boolean,
+  ): void {
     this.#mem = mem;
     this.#head = head;
     this.#count = 0;
@@ -203,27 +264,6 @@ export class DescriptorChain {
     this.#reader.rewind();
     this.#writer.rewind();
     if (!(head >= 0 && head < size)) throw VirtqueueError.headOutOfRange(head, size);
-    // Fast path, the common case: one plain descriptor.
-    const h = head * DESC_SIZE;
-    const flags0 = table.getUint16(h + 12, true);
-    if ((flags0 & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) === 0) {
-      const hi = table.getUint32(h + 4, true);
-      const addr = toAddr(hi, table.getUint32(h, true));
-      const len = table.getUint32(h + 8, true);
-      const r = mem.regionOf(addr, len);
-      if (r === null) throw VirtqueueError.address(head, addr, len);
-      this.#regions[0] = r;
-      this.#addrs[0] = addr;
-      this.#lens[0] = len;
-      this.#count = 1;
-      if ((flags0 & VIRTQ_DESC_F_WRITE) !== 0) {
-        this.#writableBytes = len;
-      } else {
-        this.#readable = 1;
-        this.#readableBytes = len;
-      }
-      return;
-    }
     let i = head;
     let ttl = size;
     for (;;) {
@@ -255,6 +295,19 @@ export class DescriptorChain {
       if (r === null) throw VirtqueueError.address(head, a, l);
       this.#regions[k] = r;
     }
+  }
+
+  /**
+   * Remembers `table` and returns a u32 view of it, or null when one cannot
+   * alias it exactly (big-endian machine, or a table not 4-byte aligned in
+   * its buffer); the DataView is used then.
+   */
+  #wordsOf(table: DataView): Uint32Array | null {
+    this.#table = table;
+    this.#words = LITTLE_ENDIAN && table.byteOffset % 4 === 0
+      ? new Uint32Array(table.buffer, table.byteOffset, table.byteLength >>> 2)
+      : null;
+    return this.#words;
   }
 
   #fillIndirect(mem: GuestMemory, addr: number, len: number, size: number): void {
@@ -362,26 +415,17 @@ function regionAt(chain: DescriptorChain, seg: number, addr: number, n: number):
  * for a 32-bit loop and 28 ns for a subarray and `set`.
  */
 function copyWords(from: DataView, fromOff: number, to: DataView, toOff: number, n: number): void {
-  // Offsets below 2^31 (every region under 2 GiB) take the int32 loop; guest
-  // addresses come from a Float64Array, and a loop over doubles costs more.
-  if (fromOff + n <= 0x7fffffff && toOff + n <= 0x7fffffff) {
-    copyWordsInt(from, fromOff | 0, to, toOff | 0, n | 0);
+  // Offsets below 2^31 (every region under 2 GiB) take the int32 loops here;
+  // guest addresses come from a Float64Array, and a loop over doubles costs
+  // more. One function, not a wrapper around the int32 copy: the reader's
+  // and writer's fast paths then fit V8's inlining budget with the copy in
+  // them (with the wrapper, the copy stayed a call; --trace-turbo-inlining).
+  if (fromOff + n > 0x7fffffff || toOff + n > 0x7fffffff) {
+    copyBytesFar(from, fromOff, to, toOff, n);
     return;
   }
-  let s = fromOff, d = toOff;
-  const end = fromOff + n;
-  for (; s < end; s++, d++) to.setUint8(d, from.getUint8(s));
-}
-
-function copyWordsInt(
-  from: DataView,
-  fromOff: number,
-  to: DataView,
-  toOff: number,
-  n: number,
-): void {
-  let s = fromOff, d = toOff;
-  const end16 = (fromOff + (n & ~15)) | 0;
+  let s = fromOff | 0, d = toOff | 0;
+  const end16 = (s + (n & ~15)) | 0;
   for (; s < end16; s = (s + 16) | 0, d = (d + 16) | 0) {
     // Little-endian on both sides: the bytes move unchanged and, on the
     // little-endian machines vrdma runs on, without byte swaps.
@@ -390,6 +434,19 @@ function copyWordsInt(
   }
   const end = (fromOff + n) | 0;
   for (; s < end; s = (s + 1) | 0, d = (d + 1) | 0) to.setUint8(d, from.getUint8(s));
+}
+
+/** {@linkcode copyWords} for offsets at or above 2^31, byte by byte. */
+function copyBytesFar(
+  from: DataView,
+  fromOff: number,
+  to: DataView,
+  toOff: number,
+  n: number,
+): void {
+  let s = fromOff, d = toOff;
+  const end = fromOff + n;
+  for (; s < end; s++, d++) to.setUint8(d, from.getUint8(s));
 }
 
 /** Caches a DataView of the caller's last array. */

@@ -21,6 +21,8 @@ import {
   mapRings,
   type QueueLayout,
   type QueueOptions,
+  type RingArrays,
+  ringArrays,
   ringFields,
   type RingViews,
   validateQueueSize,
@@ -45,7 +47,9 @@ export interface DeviceQueueState {
  *
  * Hot loop without allocation: keep one {@linkcode DescriptorChain} and call
  * {@linkcode DeviceQueue.popInto}, then `addUsed` per chain and one
- * `publishUsed` per batch.
+ * `publishUsed` per batch; or keep an array of chains and call
+ * {@linkcode DeviceQueue.popBatch} and {@linkcode DeviceQueue.addUsedBatch}
+ * once per batch.
  *
  * @example
  * ```ts
@@ -97,6 +101,8 @@ export class DeviceQueue {
   #usedPublished = 0;
   #mem: GuestMemory | null = null;
   #rings: RingViews | null = null;
+  /** Typed views of the same rings, or null where they cannot alias them (see ringArrays). */
+  #arrays: RingArrays | null = null;
 
   /**
    * A queue at `layout` with the negotiated `options`. Nothing is read from
@@ -201,21 +207,98 @@ export class DeviceQueue {
    */
   popInto(mem: GuestMemory, chain: DescriptorChain): boolean {
     if (this.#broken !== null) return false;
-    const rings = this.#bind(mem);
+    const rings = mem === this.#mem ? this.#rings : this.#bind(mem);
     if (rings === null) return false;
+    const last = this.#lastAvail;
+    // One atomic load of the available idx per run of chains: the entries
+    // up to the idx seen last are already published and checked.
+    if (last === this.#availSeen) {
+      const idx = this.#loadAvailIdx(mem);
+      if (idx < 0 || idx === last) return false;
+    }
+    const slot = last & this.#mask;
+    const arrays = this.#arrays;
+    const head = arrays !== null
+      ? arrays.avail[2 + slot]!
+      : rings.avail.getUint16(4 + 2 * slot, true);
     try {
-      if (this.#lastAvail === this.#availSeen) {
-        const idx = this.#loadAvailIdx(mem);
-        if (idx < 0 || idx === this.#lastAvail) return false;
-      }
-      const head = rings.avail.getUint16(4 + 2 * (this.#lastAvail & this.#mask), true);
       chain.fill(mem, rings.desc, this.#size, head, this.#indirect);
-      this.#lastAvail = (this.#lastAvail + 1) & 0xffff;
-      return true;
     } catch (e) {
       this.#break(e);
       return false;
     }
+    this.#lastAvail = (last + 1) & 0xffff;
+    return true;
+  }
+
+  /**
+   * Pops up to `max` chains (default and at most `chains.length`) into
+   * `chains[0]`, `chains[1]`, ... (reused, as with
+   * {@linkcode DeviceQueue.popInto}) with at most one load of the available
+   * idx, and returns how many it filled: 0 when none is available or the
+   * queue is broken. A chain that breaks a rule breaks the queue and ends
+   * the batch before it: nothing the driver wrote makes it throw. A `max`
+   * that is not a non-negative integer is a device bug: a `RangeError`.
+   *
+   * @example
+   * ```ts
+   * import { GuestMemory } from "./memory.ts";
+   * import { layoutAt } from "./layout.ts";
+   * import { DriverQueue } from "./driver_queue.ts";
+   * import { DeviceQueue } from "./device_queue.ts";
+   * import { DescriptorChain } from "./descriptor_chain.ts";
+   * const mem = GuestMemory.fromBuffer(new SharedArrayBuffer(1 << 16), 0x10000);
+   * const { layout } = layoutAt(0x10000, 8);
+   * const driver = new DriverQueue(layout);
+   * driver.init(mem);
+   * driver.addOne(mem, 0x18000, 4, false);
+   * driver.addOne(mem, 0x18010, 8, true);
+   * driver.publish(mem);
+   * const device = new DeviceQueue(layout);
+   * const chains = [new DescriptorChain(), new DescriptorChain(), new DescriptorChain()];
+   * const n = device.popBatch(mem, chains);
+   * if (n !== 2 || chains[0]!.readableBytes !== 4 || chains[1]!.writableBytes !== 8) {
+   *   throw new Error("wrong batch");
+   * }
+   * ```
+   */
+  popBatch(
+    mem: GuestMemory,
+    chains: readonly DescriptorChain[],
+    max: number = chains.length,
+  ): number {
+    if (!(max >= 0 && Number.isInteger(max))) {
+      throw new RangeError(`max ${max} is not a non-negative integer`);
+    }
+    if (this.#broken !== null) return 0;
+    const rings = mem === this.#mem ? this.#rings : this.#bind(mem);
+    if (rings === null) return 0;
+    let last = this.#lastAvail;
+    let ready = (this.#availSeen - last) & 0xffff;
+    if (ready === 0) {
+      const idx = this.#loadAvailIdx(mem);
+      if (idx < 0) return 0;
+      ready = (idx - last) & 0xffff;
+    }
+    const limit = chains.length < max ? chains.length : max;
+    const n = ready < limit ? ready : limit;
+    const arrays = this.#arrays, avail = rings.avail, desc = rings.desc;
+    const mask = this.#mask, size = this.#size, indirect = this.#indirect;
+    let k = 0;
+    try {
+      for (; k < n; k++) {
+        const slot = last & mask;
+        const head = arrays !== null
+          ? arrays.avail[2 + slot]!
+          : avail.getUint16(4 + 2 * slot, true);
+        chains[k]!.fill(mem, desc, size, head, indirect);
+        last = (last + 1) & 0xffff;
+      }
+    } catch (e) {
+      this.#break(e);
+    }
+    this.#lastAvail = last;
+    return k;
   }
 
   /**
@@ -226,23 +309,24 @@ export class DeviceQueue {
    */
   addUsed(mem: GuestMemory, head: number, len: number): void {
     if (this.#broken !== null) return;
-    if (!(head >= 0 && head < this.#size && (head | 0) === head)) {
-      throw new RangeError(
-        `used head ${head} is not a descriptor index of a ${this.#size}-entry queue`,
-      );
-    }
-    if (!(len >= 0 && len <= 0xffffffff && Number.isInteger(len))) {
-      throw new RangeError(`used length ${len} is not a u32`);
-    }
-    const rings = this.#bind(mem);
+    if (!(head >= 0 && head < this.#size && (head | 0) === head)) badUsedHead(head, this.#size);
+    if ((len >>> 0) !== len) badUsedLen(len);
+    const rings = mem === this.#mem ? this.#rings : this.#bind(mem);
     if (rings === null) return;
-    const o = 4 + 8 * (this.#usedIdx & this.#mask);
+    const slot = this.#usedIdx & this.#mask;
     // Stored only when changed: a driver recycling descriptors in order gets
     // the same entry every lap, and an unchanged line stays shared with the
     // driver that reads it instead of moving back to this core.
-    const used = rings.used;
-    if (used.getUint32(o, true) !== head) used.setUint32(o, head, true);
-    if (used.getUint32(o + 4, true) !== len) used.setUint32(o + 4, len, true);
+    const arrays = this.#arrays;
+    if (arrays !== null) {
+      const words = arrays.used, i = 1 + 2 * slot;
+      if (words[i] !== head) words[i] = head;
+      if (words[i + 1] !== len) words[i + 1] = len;
+    } else {
+      const used = rings.used, o = 4 + 8 * slot;
+      if (used.getUint32(o, true) !== head) used.setUint32(o, head, true);
+      if (used.getUint32(o + 4, true) !== len) used.setUint32(o + 4, len, true);
+    }
     this.#usedIdx = (this.#usedIdx + 1) & 0xffff;
   }
 
@@ -256,8 +340,83 @@ export class DeviceQueue {
     // may be unpublished, so the first publish always stores.
     if (this.#broken !== null || this.#usedPublished === this.#usedIdx) return;
     if (this.#bind(mem) === null) return;
-    mem.storeU16(this.#usedIdxAddr, this.#usedIdx);
+    const arrays = this.#arrays;
+    if (arrays !== null) Atomics.store(arrays.usedHalves, 1, this.#usedIdx);
+    else mem.storeU16(this.#usedIdxAddr, this.#usedIdx);
     this.#usedPublished = this.#usedIdx;
+  }
+
+  /**
+   * {@linkcode DeviceQueue.addUsed} for `count` chains: `heads[i]` with
+   * `lens[i]` bytes written, or 0 bytes for each when `lens` is null. Checks
+   * every entry before writing any: a bad head or length throws the same
+   * `RangeError` as `addUsed` with nothing added, and so do a `count` outside
+   * `0 .. heads.length` and fewer `lens` than `count`. Does nothing on a
+   * broken queue.
+   *
+   * @example
+   * ```ts
+   * import { GuestMemory } from "./memory.ts";
+   * import { layoutAt } from "./layout.ts";
+   * import { DriverQueue } from "./driver_queue.ts";
+   * import { DeviceQueue } from "./device_queue.ts";
+   * const mem = GuestMemory.fromBuffer(new SharedArrayBuffer(1 << 16), 0x10000);
+   * const { layout } = layoutAt(0x10000, 8);
+   * const driver = new DriverQueue(layout);
+   * driver.init(mem);
+   * const a = driver.addOne(mem, 0x18000, 4, true);
+   * const b = driver.addOne(mem, 0x18010, 4, true);
+   * driver.publish(mem);
+   * const device = new DeviceQueue(layout);
+   * device.addUsedBatch(mem, [a, b], [1, 2], 2);
+   * device.publishUsed(mem);
+   * if (driver.popUsed(mem)?.len !== 1 || driver.popUsed(mem)?.len !== 2) throw new Error("lost");
+   * ```
+   */
+  addUsedBatch(
+    mem: GuestMemory,
+    heads: ArrayLike<number>,
+    lens: ArrayLike<number> | null,
+    count: number,
+  ): void {
+    if (!(count >= 0 && count <= heads.length && (count | 0) === count)) {
+      throw new RangeError(`count ${count} is not in 0..${heads.length} (the heads given)`);
+    }
+    if (lens !== null && lens.length < count) {
+      throw new RangeError(`lens has ${lens.length} entries, fewer than the count ${count}`);
+    }
+    if (this.#broken !== null) return;
+    const size = this.#size;
+    for (let i = 0; i < count; i++) {
+      const head = heads[i]!;
+      if (!(head >= 0 && head < size && (head | 0) === head)) badUsedHead(head, size);
+      if (lens !== null && (lens[i]! >>> 0) !== lens[i]) badUsedLen(lens[i]!);
+    }
+    const rings = mem === this.#mem ? this.#rings : this.#bind(mem);
+    if (rings === null) return;
+    const arrays = this.#arrays, mask = this.#mask;
+    let idx = this.#usedIdx;
+    // Stored only when changed, as in addUsed.
+    if (arrays !== null) {
+      const words = arrays.used;
+      for (let k = 0; k < count; k++) {
+        const head = heads[k]!, len = lens === null ? 0 : lens[k]!;
+        const i = 1 + 2 * (idx & mask);
+        if (words[i] !== head) words[i] = head;
+        if (words[i + 1] !== len) words[i + 1] = len;
+        idx = (idx + 1) & 0xffff;
+      }
+    } else {
+      const used = rings.used;
+      for (let k = 0; k < count; k++) {
+        const head = heads[k]!, len = lens === null ? 0 : lens[k]!;
+        const o = 4 + 8 * (idx & mask);
+        if (used.getUint32(o, true) !== head) used.setUint32(o, head, true);
+        if (used.getUint32(o + 4, true) !== len) used.setUint32(o + 4, len, true);
+        idx = (idx + 1) & 0xffff;
+      }
+    }
+    this.#usedIdx = idx;
   }
 
   /** {@linkcode DeviceQueue.addUsed} then {@linkcode DeviceQueue.publishUsed}. */
@@ -333,7 +492,8 @@ export class DeviceQueue {
   #loadAvailIdx(mem: GuestMemory): number {
     if (this.#bind(mem) === null) return -1;
     try {
-      const idx = mem.loadU16(this.#availIdxAddr);
+      const arrays = this.#arrays;
+      const idx = arrays !== null ? Atomics.load(arrays.avail, 1) : mem.loadU16(this.#availIdxAddr);
       if (((idx - this.#lastAvail) & 0xffff) > this.#size) {
         this.#broken = VirtqueueError.availIdxJump(idx, this.#lastAvail, this.#size);
         return -1;
@@ -350,9 +510,11 @@ export class DeviceQueue {
   #bind(mem: GuestMemory): RingViews | null {
     if (mem === this.#mem) return this.#rings;
     try {
-      this.#rings = mapRings(mem, this.#layout);
+      const rings = mapRings(mem, this.#layout);
+      this.#rings = rings;
+      this.#arrays = ringArrays(rings);
       this.#mem = mem;
-      return this.#rings;
+      return rings;
     } catch (e) {
       this.#break(e);
       return null;
@@ -368,4 +530,14 @@ export class DeviceQueue {
       this.#broken = VirtqueueError.internal(e);
     }
   }
+}
+
+/** Throws the `RangeError` for a used head that is not a descriptor index (a device bug). */
+function badUsedHead(head: number, size: number): never {
+  throw new RangeError(`used head ${head} is not a descriptor index of a ${size}-entry queue`);
+}
+
+/** Throws the `RangeError` for a used length that is not a u32 (a device bug). */
+function badUsedLen(len: number): never {
+  throw new RangeError(`used length ${len} is not a u32`);
 }

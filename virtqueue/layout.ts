@@ -273,3 +273,51 @@ export function mapRings(mem: GuestMemory, layout: QueueLayout): RingViews {
     used: viewOf(mem, layout.used, sizes.used),
   };
 }
+
+/** True when typed arrays use little-endian order, the order of every ring field. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * Typed-array views of the three areas of a queue, over the same bytes as
+ * its {@linkcode RingViews}, for the per-chain paths: element accesses
+ * compile to plain loads and stores with one bounds check each.
+ */
+export interface RingArrays {
+  /** The descriptor table as u32 words: descriptor `i` is words `4i .. 4i + 3`. */
+  readonly desc: Uint32Array;
+  /** The available ring as u16: flags, idx, then the entries at `2 + i`. */
+  readonly avail: Uint16Array;
+  /** The used ring as u32 words: entry `i` is `id` at `1 + 2i`, `len` at `2 + 2i`. */
+  readonly used: Uint32Array;
+  /** The used ring as u16: flags, idx (index 1, for `Atomics`). */
+  readonly usedHalves: Uint16Array;
+}
+
+/**
+ * Typed-array views of `rings`, or null when they cannot alias the rings
+ * exactly: on a big-endian machine, or when an area does not start at a
+ * multiple of its element size inside its buffer (a region placed at an
+ * odd guest address). Callers keep a DataView path for null.
+ *
+ * @example
+ * ```ts
+ * import { GuestMemory } from "./memory.ts";
+ * import { layoutAt, mapRings, ringArrays } from "./layout.ts";
+ * const mem = GuestMemory.fromBuffer(new SharedArrayBuffer(8192), 0x10000);
+ * const { layout } = layoutAt(0x10000, 64);
+ * const arrays = ringArrays(mapRings(mem, layout))!;
+ * mem.setU16(layout.avail + 4, 9); // the first available entry
+ * if (arrays.avail[2] !== 9) throw new Error("views do not alias the ring");
+ * ```
+ */
+export function ringArrays(rings: RingViews): RingArrays | null {
+  const { desc, avail, used } = rings;
+  if (!LITTLE_ENDIAN || desc.byteOffset % 4 !== 0 || used.byteOffset % 4 !== 0) return null;
+  // validateLayout already required the rings to be 2-byte aligned in their buffer.
+  return {
+    desc: new Uint32Array(desc.buffer, desc.byteOffset, desc.byteLength >>> 2),
+    avail: new Uint16Array(avail.buffer, avail.byteOffset, avail.byteLength >>> 1),
+    used: new Uint32Array(used.buffer, used.byteOffset, used.byteLength >>> 2),
+    usedHalves: new Uint16Array(used.buffer, used.byteOffset, used.byteLength >>> 1),
+  };
+}

@@ -182,6 +182,15 @@ export class GuestMemory {
     ) return undefined;
     const last = this.#last;
     if (addr >= last.start && addr + length <= last.end) return last;
+    return this.#search(addr, length);
+  }
+
+  /**
+   * The search through all regions, apart from {@linkcode GuestMemory.#find}
+   * so that its common case stays small enough for V8 to inline into the
+   * per-chain paths (perf showed it as a function of its own before).
+   */
+  #search(addr: number, length: number): MappedRegion | undefined {
     for (const r of this.#regions) {
       if (addr >= r.start && addr + length <= r.end) {
         this.#last = r;

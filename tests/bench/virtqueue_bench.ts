@@ -6,8 +6,9 @@
  * Each measurement is a fresh pair of processes sharing one memfd (sent over
  * a unix socket with SCM_RIGHTS): a producer and a consumer, both
  * busy-polling, 64-byte messages. Virtqueue: driver `addOne` + `publish`
- * per batch, device `popInto` + chain reader copy + `addUsed` +
- * `publishUsed` per batch, driver `popUsedId` recycling. Raw ring: the
+ * per batch, device `popBatch` (one avail-index load per batch) + chain
+ * reader copy + `addUsedBatch` + `publishUsed` per batch, driver
+ * `popUsedId` recycling. Raw ring: the
  * producer writes into the next slot and stores its tail once per batch,
  * the consumer copies the slot out and stores its head once per batch. Both
  * consumers copy every message into a private buffer and check its sequence

@@ -110,6 +110,129 @@ Deno.test("addUsed refuses a head past the table or a length that is not a u32",
   assert.equal(device.saveState().usedIdx, 0);
 });
 
+Deno.test("popBatch pops up to max chains in order with one idx load, then none", () => {
+  const { mem, driver, device } = rig(0x10000);
+  const heads = [0, 1, 2, 3, 4].map((i) => driver.addOne(mem, 0x12000 + 16 * i, 16, i % 2 === 0));
+  driver.publish(mem);
+  const chains = [new DescriptorChain(), new DescriptorChain(), new DescriptorChain()];
+  assert.equal(device.popBatch(mem, chains, 2), 2, "max limits the batch");
+  assert.deepEqual(chains.slice(0, 2).map((c) => c.head), heads.slice(0, 2));
+  assert.equal(chains[0]!.writableBytes, 16);
+  assert.equal(chains[1]!.readableBytes, 16);
+  assert.equal(device.popBatch(mem, chains), 3, "the array length limits it by default");
+  assert.deepEqual(chains.map((c) => c.addr(0)), [0x12020, 0x12030, 0x12040]);
+  assert.equal(device.popBatch(mem, chains), 0, "nothing left");
+  assert.equal(device.popBatch(mem, chains, 0), 0);
+  assert.equal(device.saveState().lastAvail, 5);
+  for (const bad of [-1, 1.5, NaN]) {
+    assert.throws(
+      () => device.popBatch(mem, chains, bad),
+      (e: unknown) =>
+        e instanceof RangeError && e.message === `max ${bad} is not a non-negative integer`,
+    );
+  }
+});
+
+Deno.test("popBatch ends at a hostile chain: the chains before it stay, the queue breaks", () => {
+  const { mem, layout, driver, device } = rig(0x10000);
+  driver.addOne(mem, 0x12000, 8, false);
+  const bad = driver.addOne(mem, 0x12010, 8, false);
+  driver.addOne(mem, 0x12020, 8, false);
+  driver.publish(mem);
+  mem.setAddr64(layout.desc + 16 * bad, 0x7_0000_0000); // outside guest memory
+  const chains = [new DescriptorChain(), new DescriptorChain(), new DescriptorChain()];
+  assert.equal(device.popBatch(mem, chains), 1);
+  assert.equal(chains[0]!.addr(0), 0x12000);
+  assert.equal(device.broken, true);
+  assert.equal(device.error?.kind, "address");
+  assert.match(device.error!.message, /head 1: buffer 0x700000000\+8 is outside guest memory/);
+  assert.equal(device.popBatch(mem, chains), 0, "a broken queue pops nothing");
+});
+
+Deno.test("popBatch refuses an available idx that jumps, as popInto does", () => {
+  const { mem, layout, device } = rig(0x10000);
+  mem.setU16(layout.avail + 2, 9); // 9 chains on an 8-entry queue
+  assert.equal(device.popBatch(mem, [new DescriptorChain()]), 0);
+  assert.equal(device.error?.kind, "avail-idx-jump");
+});
+
+Deno.test("addUsedBatch adds every entry, lengths 0 without lens, one publish shows them", () => {
+  const { mem, layout, driver, device } = rig(0x10000);
+  const heads = [0, 1, 2].map((i) => driver.addOne(mem, 0x12000 + 16 * i, 16, true));
+  driver.publish(mem);
+  const chains = [new DescriptorChain(), new DescriptorChain(), new DescriptorChain()];
+  assert.equal(device.popBatch(mem, chains), 3);
+  device.addUsedBatch(mem, new Uint32Array([heads[2]!, heads[0]!]), [7, 3], 2);
+  device.addUsedBatch(mem, [heads[1]!], null, 1);
+  assert.equal(mem.u16(layout.used + 2), 0, "not published yet");
+  device.publishUsed(mem);
+  assert.equal(mem.u16(layout.used + 2), 3);
+  assert.deepEqual(
+    [driver.popUsed(mem), driver.popUsed(mem), driver.popUsed(mem)],
+    [{ id: heads[2], len: 7 }, { id: heads[0], len: 3 }, { id: heads[1], len: 0 }],
+  );
+});
+
+Deno.test("addUsedBatch checks every entry first: a bad one throws with nothing added", () => {
+  const { mem, device } = rig(0x10000);
+  const refused = (f: () => void, text: string): void => {
+    assert.throws(f, (e: unknown) => e instanceof RangeError && e.message === text);
+    assert.equal(device.saveState().usedIdx, 0);
+  };
+  refused(
+    () => device.addUsedBatch(mem, [1, 2, 8], null, 3),
+    "used head 8 is not a descriptor index of a 8-entry queue",
+  );
+  refused(() => device.addUsedBatch(mem, [1, 2], [0, -1], 2), "used length -1 is not a u32");
+  refused(
+    () => device.addUsedBatch(mem, [1, 2], null, 3),
+    "count 3 is not in 0..2 (the heads given)",
+  );
+  refused(
+    () => device.addUsedBatch(mem, [1, 2], [0], 2),
+    "lens has 1 entries, fewer than the count 2",
+  );
+  device.addUsedBatch(mem, [1, 2, 8], null, 2); // only the first two count
+  assert.equal(device.saveState().usedIdx, 2);
+});
+
+Deno.test("both queues work the same over rings that are not word-aligned in their buffer", () => {
+  // Memory starts 2 bytes below the rings: typed views cannot alias them,
+  // so every ring access takes the DataView path.
+  const mem = GuestMemory.fromBuffer(new SharedArrayBuffer(0x10002), 0xfffe);
+  const { layout } = layoutAt(0x10000, 8);
+  const driver = new DriverQueue(layout);
+  driver.init(mem);
+  const device = new DeviceQueue(layout);
+  for (let lap = 0; lap < 3; lap++) {
+    mem.write(0x12000, new Uint8Array([lap, 2, 3]));
+    const a = driver.addOne(mem, 0x12000, 3, false);
+    const b = driver.addOne(mem, 0x2_0000_0000, 4, true); // outside memory, above 4 GiB
+    driver.publish(mem);
+    const chain = new DescriptorChain();
+    assert.equal(device.popInto(mem, chain), true);
+    const got = new Uint8Array(3);
+    chain.reader.read(got);
+    assert.deepEqual([...got], [lap, 2, 3]);
+    device.addUsedBatch(mem, [a], [0], 1);
+    device.publishUsed(mem);
+    assert.deepEqual(driver.popUsed(mem), { id: a, len: 0 });
+    assert.equal(mem.u32(layout.desc + 16 * b + 4), 2, "high word of the address");
+    // The second chain is hostile (outside memory): it breaks the device queue.
+    assert.equal(device.popInto(mem, chain), false);
+    assert.equal(device.error?.kind, "address");
+    device.reset();
+    device.restoreState({
+      lastAvail: 2 * (lap + 1),
+      usedIdx: 2 * lap + 1,
+      signalledUsed: 0,
+      broken: null,
+    });
+    device.pushUsed(mem, b, 0);
+    assert.deepEqual(driver.popUsed(mem), { id: b, len: 0 });
+  }
+});
+
 Deno.test("needsNotify without EVENT_IDX: only for new used entries, unless NO_INTERRUPT", () => {
   const { mem, layout, driver, device } = rig(0x10000);
   for (let i = 0; i < 3; i++) driver.addOne(mem, 0x12000, 8, true);

@@ -7,6 +7,7 @@ import {
   MAX_QUEUE_SIZE,
   queueAreaSizes,
   type QueueLayout,
+  ringArrays,
   validateLayout,
   validateQueueSize,
 } from "../../virtqueue/layout.ts";
@@ -148,4 +149,27 @@ Deno.test("mapRings gives views that alias the three areas in guest memory", () 
   rings.used.setUint32(4, 7, true);
   assert.equal(new DataView(sab).getUint32(layout.used - 0x10000 + 4, true), 7);
   assert.throws(() => mapRings(mem, { ...layout, desc: 0x30000 }), VirtqueueError);
+});
+
+Deno.test("ringArrays aliases the rings as words and halves, or is null when not word-aligned", () => {
+  const sab = new SharedArrayBuffer(0x2000);
+  const mem = GuestMemory.fromBuffer(sab, 0x10000);
+  const { layout } = layoutAt(0x10400, 16);
+  const arrays = ringArrays(mapRings(mem, layout));
+  assert.ok(arrays !== null);
+  assert.equal(arrays.desc.length, 64);
+  assert.equal(arrays.avail.length, 19);
+  assert.equal(arrays.used.length, 33);
+  mem.setU32(layout.desc + 16 * 2 + 8, 0xdead_beef);
+  assert.equal(arrays.desc[2 * 4 + 2], 0xdead_beef);
+  mem.setU16(layout.avail + 2, 0x4321);
+  assert.equal(arrays.avail[1], 0x4321);
+  arrays.used[1 + 2 * 3] = 5; // id of used entry 3
+  assert.equal(mem.u32(layout.used + 4 + 8 * 3), 5);
+  arrays.usedHalves[1] = 0x0102;
+  assert.equal(mem.u16(layout.used + 2), 0x0102);
+  // A region 2 bytes below a 16-aligned guest address: the table and the
+  // used ring sit at offsets of 2 modulo 4 in the buffer.
+  const odd = GuestMemory.fromBuffer(new SharedArrayBuffer(0x2002), 0xfffe);
+  assert.equal(ringArrays(mapRings(odd, layoutAt(0x10000, 16).layout)), null);
 });

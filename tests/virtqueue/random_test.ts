@@ -41,6 +41,13 @@ interface Config {
   indirect: boolean;
   /** How many times the 16-bit available idx must wrap before the run stops. */
   wraps: number;
+  /**
+   * Guest memory starts 2 bytes below the rings, so they are not 4-byte
+   * aligned in their buffer: both queues take their DataView paths.
+   */
+  misaligned?: boolean;
+  /** The device also pops with popBatch and completes with addUsedBatch. */
+  batch?: boolean;
 }
 
 const MAX_BUFFERS = 4;
@@ -114,7 +121,9 @@ class Model {
     this.layout = layout;
     this.slotsBase = BASE + Math.ceil(bytes / 64) * 64;
     const total = this.slotsBase - BASE + cfg.size * (SLOT_BYTES + TABLE_BYTES);
-    this.mem = GuestMemory.fromBuffer(new SharedArrayBuffer(total), BASE);
+    this.mem = cfg.misaligned
+      ? GuestMemory.fromBuffer(new SharedArrayBuffer(total + 2), BASE - 2)
+      : GuestMemory.fromBuffer(new SharedArrayBuffer(total), BASE);
     const opts = { eventIdx: cfg.eventIdx, indirect: cfg.indirect };
     this.driver = new DriverQueue(layout, opts);
     this.driver.init(this.mem);
@@ -228,6 +237,10 @@ class Model {
 
   pop(): void {
     assert.equal(this.device.pending(this.mem), this.published - this.popped, "pending");
+    if (this.cfg.batch && this.rand() < 0.3) {
+      this.popBatch();
+      return;
+    }
     const n = this.int(this.published - this.popped + 2);
     for (let i = 0; i < n; i++) {
       let chain: DescriptorChain | null;
@@ -250,6 +263,24 @@ class Model {
       this.checkChain(chain, rec);
       this.held.push({ rec, chain });
     }
+    assert.equal(this.device.broken, false);
+  }
+
+  /** Pops with popBatch into 0..5 reused chains, at most a random `max` of them. */
+  popBatch(): void {
+    const want = this.int(6);
+    const chains: DescriptorChain[] = [];
+    for (let k = 0; k < want; k++) chains.push(this.chainPool.pop() ?? new DescriptorChain(1));
+    const max = want === 0 ? 0 : 1 + this.int(want);
+    const n = this.device.popBatch(this.mem, chains, max);
+    assert.equal(n, Math.min(max, this.published - this.popped), "popBatch count");
+    for (let k = 0; k < n; k++) {
+      const rec = this.availQueue.shift()!;
+      this.popped++;
+      this.checkChain(chains[k]!, rec);
+      this.held.push({ rec, chain: chains[k]! });
+    }
+    for (let k = n; k < want; k++) this.chainPool.push(chains[k]!);
     assert.equal(this.device.broken, false);
   }
 
@@ -287,6 +318,9 @@ class Model {
   /** The device completes some held chains in random order, writing random bytes. */
   complete(): void {
     const n = this.int(this.held.length + 1);
+    // In batch mode the used entries of this call go in with one addUsedBatch.
+    const batch = this.cfg.batch === true && this.rand() < 0.3;
+    const heads: number[] = [], lens: number[] = [];
     for (let i = 0; i < n; i++) {
       const [{ rec, chain }] = this.held.splice(this.int(this.held.length), 1) as [
         { rec: ChainRecord; chain: DescriptorChain },
@@ -302,7 +336,11 @@ class Model {
       }
       // Skipped bytes keep whatever the buffer held: read them back as expected.
       rec.written = this.readWritten(rec, len, data, chain);
-      if (this.rand() < 0.3) {
+      if (batch) {
+        heads.push(chain.head);
+        lens.push(chain.writer.position);
+        this.usedAdded.push(rec);
+      } else if (this.rand() < 0.3) {
         this.device.pushUsed(this.mem, chain.head, chain.writer.position);
         this.usedAdded.push(rec);
         this.publishedUsed();
@@ -311,6 +349,16 @@ class Model {
         this.usedAdded.push(rec);
       }
       this.chainPool.push(chain);
+    }
+    if (heads.length > 0) {
+      // Without lengths every entry says 0 bytes: only when that is true.
+      const noLens = lens.every((l) => l === 0) && this.rand() < 0.5;
+      this.device.addUsedBatch(
+        this.mem,
+        Uint32Array.from(heads),
+        noLens ? null : lens,
+        heads.length,
+      );
     }
   }
 
@@ -471,6 +519,23 @@ const configs: Config[] = [
   { name: "size 8, flags, indirect", size: 8, eventIdx: false, indirect: true, wraps: 2 },
   { name: "size 4, EVENT_IDX, indirect", size: 4, eventIdx: true, indirect: true, wraps: 1 },
   { name: "size 16, EVENT_IDX, direct only", size: 16, eventIdx: true, indirect: false, wraps: 1 },
+  {
+    name: "size 8, flags, indirect, batch calls",
+    size: 8,
+    eventIdx: false,
+    indirect: true,
+    wraps: 1,
+    batch: true,
+  },
+  {
+    name: "size 16, EVENT_IDX, rings not word-aligned in memory, batch calls",
+    size: 16,
+    eventIdx: true,
+    indirect: true,
+    wraps: 1,
+    misaligned: true,
+    batch: true,
+  },
 ];
 
 for (const [i, cfg] of configs.entries()) {
