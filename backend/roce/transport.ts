@@ -76,6 +76,7 @@ import {
   writeIpv4UdpHeader,
 } from "./udp_socket.ts";
 import { SysError } from "../../virtqueue/sys/libc.ts";
+import { rangeOf } from "./datagram_batch.ts";
 
 export {
   type BatchRange,
@@ -537,16 +538,7 @@ export function checkBatchRange(
   batch: DatagramBatch,
   range?: BatchRange,
 ): { start: number; count: number } {
-  const start = range?.start ?? 0;
-  const count = range?.count ?? batch.count - start;
-  if (
-    !Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 ||
-    start + count > batch.count
-  ) {
-    throw new RangeError(
-      `batch range start ${start} count ${count} is outside the ${batch.count} slots in use`,
-    );
-  }
+  const [start, count] = rangeOf(batch, range);
   for (let i = start; i < start + count; i++) {
     if (batch.peerPorts[i] === 0 || batch.sourcePorts[i] === 0) {
       throw new RangeError(

@@ -90,56 +90,56 @@ function perfRow(output: string): number[] | null {
  * posts and prints.
  */
 function perfLatCase(test: string, size: number, iters: number): Case {
-  const sizeArgs = test === "atomic_lat" ? [] : ["-s", `${size}`];
   const bothPrint = test === "write_lat" || test === "send_lat";
+  return perftestCase(test, size, iters, (vrdma, rxe) => {
+    assert.equal(vrdma.code, 0, explain(vrdma, rxe));
+    assert.equal(rxe.code, 0, explain(vrdma, rxe));
+    const rows = [perfRow(vrdma.output), perfRow(rxe.output)];
+    const printed = rows.filter((r) => r !== null);
+    assert.ok(printed.length >= (bothPrint ? 2 : 1), `no result row\n${explain(vrdma, rxe)}`);
+    for (const row of printed) {
+      assert.deepEqual(row.slice(0, 2), [size, iters], explain(vrdma, rxe));
+      assert.equal(row.length, 9, `a latency row has 9 columns: ${row}`);
+      assert.ok(row[5]! > 0, `t_avg ${row[5]}\n${explain(vrdma, rxe)}`);
+    }
+    const avg = (r: number[] | null) => r === null ? "-" : `${r[5]} us`;
+    return `t_avg vrdma ${avg(rows[0]!)}, perftest ${avg(rows[1]!)}`;
+  });
+}
+
+/** perftest's `test` against `perf.ts test`, the same size and iterations; `check` judges. */
+function perftestCase(test: string, size: number, iters: number, check: Case["check"]): Case {
+  // Atomics have their fixed 8 bytes; perftest takes no -s for them.
+  const sizeArgs = test.startsWith("atomic_") ? [] : ["-s", `${size}`];
   return {
     name: `ib_${test} ${size} B x ${iters}`,
     rxe: `ib_${test} -d rxe0 -x 1 -F -n ${iters} ${sizeArgs.join(" ")}`,
     vrdma: ["tools/perf.ts", [test, "-n", `${iters}`, ...sizeArgs]],
-    check: (vrdma, rxe) => {
-      assert.equal(vrdma.code, 0, explain(vrdma, rxe));
-      assert.equal(rxe.code, 0, explain(vrdma, rxe));
-      const rows = [perfRow(vrdma.output), perfRow(rxe.output)];
-      const printed = rows.filter((r) => r !== null);
-      assert.ok(printed.length >= (bothPrint ? 2 : 1), `no result row\n${explain(vrdma, rxe)}`);
-      for (const row of printed) {
-        assert.deepEqual(row.slice(0, 2), [size, iters], explain(vrdma, rxe));
-        assert.equal(row.length, 9, `a latency row has 9 columns: ${row}`);
-        assert.ok(row[5]! > 0, `t_avg ${row[5]}\n${explain(vrdma, rxe)}`);
-      }
-      const avg = (r: number[] | null) => r === null ? "-" : `${r[5]} us`;
-      return `t_avg vrdma ${avg(rows[0]!)}, perftest ${avg(rows[1]!)}`;
-    },
+    check,
   };
 }
 
 function perfCase(test: string, size: number, iters: number): Case {
-  const sizeArgs = test === "atomic_bw" ? [] : ["-s", `${size}`];
-  return {
-    name: `ib_${test} ${size} B x ${iters}`,
-    rxe: `ib_${test} -d rxe0 -x 1 -F -n ${iters} ${sizeArgs.join(" ")}`,
-    vrdma: ["tools/perf.ts", [test, "-n", `${iters}`, ...sizeArgs]],
-    check: (vrdma, rxe) => {
-      assert.equal(vrdma.code, 0, explain(vrdma, rxe));
-      assert.equal(rxe.code, 0, explain(vrdma, rxe));
-      const ours = perfRow(vrdma.output);
-      const theirs = perfRow(rxe.output);
-      assert.ok(ours !== null && theirs !== null, `no result row\n${explain(vrdma, rxe)}`);
-      assert.deepEqual(ours.slice(0, 2), [size, iters], explain(vrdma, rxe));
-      assert.deepEqual(theirs.slice(0, 2), [size, iters], explain(vrdma, rxe));
-      assert.ok(ours[3]! > 0, `average BW ${ours[3]}\n${explain(vrdma, rxe)}`);
-      if (test === "send_bw") {
-        // perftest's send_bw server measures its own receive side (peak
-        // printed as 0.00), so the two rows differ a little by design.
-        const ratio = ours[3]! / theirs[3]!;
-        assert.ok(ratio > 0.5 && ratio < 2, `average BW ${ours[3]} vs ${theirs[3]}`);
-      } else {
-        // The server prints the figures the client sent it: the same row.
-        assert.deepEqual(ours, theirs, explain(vrdma, rxe));
-      }
-      return `vrdma prints ${ours.join(" ")}; perftest prints ${theirs.join(" ")}`;
-    },
-  };
+  return perftestCase(test, size, iters, (vrdma, rxe) => {
+    assert.equal(vrdma.code, 0, explain(vrdma, rxe));
+    assert.equal(rxe.code, 0, explain(vrdma, rxe));
+    const ours = perfRow(vrdma.output);
+    const theirs = perfRow(rxe.output);
+    assert.ok(ours !== null && theirs !== null, `no result row\n${explain(vrdma, rxe)}`);
+    assert.deepEqual(ours.slice(0, 2), [size, iters], explain(vrdma, rxe));
+    assert.deepEqual(theirs.slice(0, 2), [size, iters], explain(vrdma, rxe));
+    assert.ok(ours[3]! > 0, `average BW ${ours[3]}\n${explain(vrdma, rxe)}`);
+    if (test === "send_bw") {
+      // perftest's send_bw server measures its own receive side (peak
+      // printed as 0.00), so the two rows differ a little by design.
+      const ratio = ours[3]! / theirs[3]!;
+      assert.ok(ratio > 0.5 && ratio < 2, `average BW ${ours[3]} vs ${theirs[3]}`);
+    } else {
+      // The server prints the figures the client sent it: the same row.
+      assert.deepEqual(ours, theirs, explain(vrdma, rxe));
+    }
+    return `vrdma prints ${ours.join(" ")}; perftest prints ${theirs.join(" ")}`;
+  });
 }
 
 /** vrdma's tool is the client: rxe's server runs in VM 0 first. */
