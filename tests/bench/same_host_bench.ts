@@ -40,6 +40,7 @@ import {
   type WorkCompletion,
 } from "../../mod.ts";
 import { tempSocket } from "../helpers/backend.ts";
+import { yieldMacrotask } from "../../tools/common/perf_pacer.ts";
 
 const SIZES = [64 << 10, 1 << 20] as const;
 
@@ -78,19 +79,6 @@ function options(): Options {
     throw new RangeError(`tx-depth ${o.txDepth} must be a multiple of cq-mod ${o.cqMod}`);
   }
   return o;
-}
-
-/** Yields to the event loop cheaply (setTimeout(0) costs ~2 ms here). */
-function yieldNow(): Promise<void> {
-  return new Promise((resolve) => {
-    const channel = new MessageChannel();
-    channel.port1.onmessage = () => {
-      channel.port1.close();
-      resolve();
-    };
-    channel.port2.postMessage(0);
-    channel.port2.close();
-  });
 }
 
 interface Guest {
@@ -146,7 +134,7 @@ async function postAll(qp: Qp, wrs: SendWr[]): Promise<number> {
       const k = /wr\[(\d+)\]/.exec(e.message);
       from += Number(k?.[1] ?? 0);
       retries++;
-      await yieldNow();
+      await yieldMacrotask();
     }
   }
 }
@@ -189,7 +177,7 @@ async function writeBandwidth(a: Guest, b: Guest, size: number, o: Options): Pro
     }
     if (wcs.length === 0) {
       // Spinning: let the event loop breathe now and then.
-      if (++idle % o.spin === 0) await yieldNow();
+      if (++idle % o.spin === 0) await yieldMacrotask();
     } else {
       idle = 0;
     }

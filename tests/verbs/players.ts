@@ -42,6 +42,7 @@ import {
   type WorkCompletion,
 } from "../../mod.ts";
 import { tempSocket } from "../helpers/backend.ts";
+import { yieldMacrotask } from "../../tools/common/perf_pacer.ts";
 
 export type { Ah, Cq, Mr, Pd, Qp, QpCap, QpType, RecvWr, SendWr, Sge, Srq, WorkCompletion };
 
@@ -62,19 +63,6 @@ export { Access, SendFlags, VerbsError };
 /** Waits `ms` milliseconds. */
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Lets other tasks run without the 2 ms cost of `setTimeout(0)`. */
-function yieldNow(): Promise<void> {
-  return new Promise((resolve) => {
-    const channel = new MessageChannel();
-    channel.port1.onmessage = () => {
-      channel.port1.close();
-      resolve();
-    };
-    channel.port2.postMessage(0);
-    channel.port2.close();
-  });
 }
 
 /**
@@ -589,7 +577,7 @@ export async function pollCq(cq: Cq, n: number, timeoutMs = WAIT_MS): Promise<Wo
         `pollCq: ${got.length} of ${n} completions within ${timeoutMs} ms: ${describeWcs(got)}`,
       );
     }
-    await yieldNow();
+    await yieldMacrotask();
   }
   return got;
 }
@@ -600,7 +588,7 @@ export async function expectNoWc(cq: Cq, ms = 30, what = "no completion"): Promi
   do {
     const wcs = cq.poll(16);
     if (wcs.length > 0) assert.fail(`${what}: got ${describeWcs(wcs)}`);
-    await yieldNow();
+    await yieldMacrotask();
   } while (performance.now() < deadline);
 }
 
