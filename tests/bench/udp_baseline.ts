@@ -39,6 +39,7 @@
 import { parseArgs } from "node:util";
 import { canOpenRawSockets } from "../../backend/roce/udp_socket.ts";
 import { ForeignLoad } from "./fixtures/cpu_load.ts";
+import { lines, softirqThreads } from "./fixtures/child_lines.ts";
 
 const o = parseArgs({
   // `deno task bench:... -- args` hands the script the "--" too.
@@ -106,38 +107,6 @@ class Peer {
   }
 }
 
-async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
-  let rest = "";
-  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-    rest += chunk;
-    let at: number;
-    while ((at = rest.indexOf("\n")) >= 0) {
-      yield rest.slice(0, at);
-      rest = rest.slice(at + 1);
-    }
-  }
-  if (rest.length > 0) yield rest;
-}
-
-/**
- * The kernel threads that run network receive processing (`ksoftirqd/N`).
- * Under a UDP blast much of the loopback delivery runs there; it is part of
- * the measured work, not a disturbance.
- */
-function softirqThreads(): number[] {
-  const pids: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      if (Deno.readTextFileSync(`/proc/${entry.name}/comm`).startsWith("ksoftirqd/")) {
-        pids.push(Number(entry.name));
-      }
-    } catch {
-      // The process ended while we looked.
-    }
-  }
-  return pids;
-}
 const SOFTIRQ = softirqThreads();
 
 /** Other processes' CPU during a window, counting the kernel's packet delivery threads as ours. */
