@@ -11,6 +11,8 @@
  * @module
  */
 
+import { formatGid } from "../../protocol/device_config.ts";
+
 /** Bytes of one address message: `sizeof "0000:000000:000000:" + 32 hex digits`, NUL included. */
 export const DEST_MESSAGE_BYTES = 52;
 
@@ -137,32 +139,10 @@ export function isNullGid(gid: Uint8Array): boolean {
  */
 export function inetNtop6(gid: Uint8Array): string {
   if (gid.length !== 16) throw new RangeError(`a GID is 16 bytes, got ${gid.length}`);
-  const words: number[] = [];
-  for (let i = 0; i < 16; i += 2) words.push((gid[i]! << 8) | gid[i + 1]!);
-  let best = -1, bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (words[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && words[j] === 0) j++;
-    if (j - i > bestLen) [best, bestLen] = [i, j - i];
-    i = j;
-  }
-  if (bestLen < 2) best = -1;
-  // glibc's rule for an embedded IPv4 address: the zero run starts the
-  // address and covers six words, or five followed by 0xffff.
-  const v4 = best === 0 && (bestLen === 6 || (bestLen === 5 && words[5] === 0xffff));
-  let out = "";
-  const sep = () => out === "" || out.endsWith(":") ? "" : ":";
-  for (let i = 0; i < 8; i++) {
-    if (best >= 0 && i >= best && i < best + bestLen) {
-      if (i === best) out += "::";
-      continue;
-    }
-    if (v4 && i === 6) return out + sep() + `${gid[12]}.${gid[13]}.${gid[14]}.${gid[15]}`;
-    out += sep() + words[i]!.toString(16);
-  }
-  return out;
+  // glibc's rule for an IPv4-compatible address: the leading zero run covers
+  // exactly six words. Everything else (IPv4-mapped included) it prints as
+  // formatGid does.
+  const compatible = gid.subarray(0, 12).every((b) => b === 0) && (gid[12]! | gid[13]!) !== 0;
+  if (compatible) return `::${gid[12]}.${gid[13]}.${gid[14]}.${gid[15]}`;
+  return formatGid(gid);
 }
