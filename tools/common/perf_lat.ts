@@ -56,6 +56,27 @@ function reapSends(g: PerfGuest, ccnt: number, ctx: RunContext, counters: () => 
   return ccnt;
 }
 
+/**
+ * Waits until the send queue has room for WR `at.scnt` (unsignaled WRs hold
+ * their slots until a later signaled one is reaped); returns the send
+ * completions counted so far.
+ */
+async function sqRoom(
+  g: PerfGuest,
+  at: { scnt: number; ccnt: number; sqDepth: number },
+  ctx: RunContext,
+  counters: () => string,
+): Promise<number> {
+  let ccnt = at.ccnt;
+  while (at.scnt - ccnt >= at.sqDepth) {
+    ccnt = reapSends(g, ccnt, ctx, counters);
+    if (at.scnt - ccnt >= at.sqDepth) {
+      await ctx.pacer.idle(() => `${ctx.side}: SQ full (${counters()})`);
+    }
+  }
+  return ccnt;
+}
+
 /** Whether send WR k of `iters` is signaled (every cqMod-th and the last). */
 function signaled(k: number, cqMod: number, iters: number): boolean {
   return k % cqMod === cqMod - 1 || k === iters - 1;
@@ -95,12 +116,9 @@ export async function runWriteLat(
         if (ctx.check && rcnt === o.iters) checkWrite(inArea, o.size);
       }
       if (scnt < o.iters) {
-        // Room in the SQ: unsignaled WRs hold their slots until a later signaled one is reaped.
-        while (scnt - ccnt >= o.sqDepth) {
-          ccnt = reapSends(g, ccnt, ctx, counters);
-          if (scnt - ccnt >= o.sqDepth) {
-            await ctx.pacer.idle(() => `${ctx.side}: SQ full (${counters()})`);
-          }
+        // Only a full SQ awaits: the ping-pong's fast path stays free of promise hops.
+        if (scnt - ccnt >= o.sqDepth) {
+          ccnt = await sqRoom(g, { scnt, ccnt, sqDepth: o.sqDepth }, ctx, counters);
         }
         posted[scnt] = performance.now();
         out[last] = (scnt + 1) & 0xff;
@@ -171,11 +189,8 @@ export async function runSendLat(
         }
       }
       if (scnt < o.iters) {
-        while (scnt - ccnt >= o.sqDepth) {
-          ccnt = reapSends(g, ccnt, ctx, counters);
-          if (scnt - ccnt >= o.sqDepth) {
-            await ctx.pacer.idle(() => `${ctx.side}: SQ full (${counters()})`);
-          }
+        if (scnt - ccnt >= o.sqDepth) {
+          ccnt = await sqRoom(g, { scnt, ccnt, sqDepth: o.sqDepth }, ctx, counters);
         }
         posted[scnt] = performance.now();
         g.qp.postSend(make(scnt, signaled(scnt, o.cqMod, o.iters)));
