@@ -208,8 +208,8 @@ export class HostAdapter implements Link {
     const none = (error: number) => ({ views: [], length: 0, error });
     const op = wqe.opcode;
     if (qp.qpType === "UC" && isReadOrAtomic(op)) return none(WcStatus.LOC_QP_OP_ERR);
+    // readWqe already refused INLINE on a READ or an atomic (LOC_QP_OP_ERR).
     if ((wqe.flags & SendFlags.INLINE) !== 0) {
-      if (isReadOrAtomic(op)) return none(WcStatus.LOC_QP_OP_ERR);
       const copy = wqe.inline.slice(0, wqe.inlineLen);
       return { views: [copy], length: copy.length, error: null };
     }

@@ -446,11 +446,6 @@ export class Requester {
     if (!this.#dead) this.pump();
   }
 
-  /** PSNs the requester may have in flight now (the congestion window). */
-  get window(): number {
-    return Math.floor(this.#window);
-  }
-
   /** Forward progress: the budgets refill, the window grows, the timer restarts. */
   #progress(): void {
     const acked = psnDiff(this.#unacked, this.#grownTo);
