@@ -110,11 +110,16 @@ export function bwReport(s: BwSamples): BwReport {
     }
   }
   const seconds = (s.completed[n - 1]! - s.posted[0]!) / 1000;
+  // The average as the whole run's per-message time, computed exactly as the
+  // peak search's (i = 0, j = n - 1) window: the peak then never rounds
+  // below the average.
+  const perMessage = (s.completed[n - 1]! - s.posted[0]!) / n;
+  const mbps = (ms: number) => s.size / (ms / 1000) / MB;
   return {
     bytes: s.size,
     iterations: n,
-    bwPeakMBps: best > 0 && Number.isFinite(best) ? s.size / (best / 1000) / MB : 0,
-    bwAvgMBps: (s.size * n) / seconds / MB,
+    bwPeakMBps: best > 0 && Number.isFinite(best) ? mbps(best) : 0,
+    bwAvgMBps: mbps(perMessage),
     msgRateMpps: n / seconds / 1e6,
   };
 }
