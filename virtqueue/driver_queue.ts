@@ -108,7 +108,6 @@ export class DriverQueue {
   #nextAvail = 0;
   #publishedAvail = 0;
   #lastUsed = 0;
-  #outstanding = 0;
   #interruptsDisabled = false;
   // Per-descriptor state: free-list and chain links, chain length and
   // writable bytes per head, and whether a head is outstanding.
@@ -170,7 +169,9 @@ export class DriverQueue {
 
   /** Chains added and not yet returned by the device. */
   get outstanding(): number {
-    return this.#outstanding;
+    // Chains added minus chains taken back; never more than the queue size,
+    // so the 16-bit difference is exact.
+    return (this.#nextAvail - this.#lastUsed) & 0xffff;
   }
 
   /** A copy of the scalar queue state. */
@@ -181,7 +182,7 @@ export class DriverQueue {
       nextAvail: this.#nextAvail,
       publishedAvail: this.#publishedAvail,
       lastUsed: this.#lastUsed,
-      outstanding: this.#outstanding,
+      outstanding: this.outstanding,
       interruptsDisabled: this.#interruptsDisabled,
     };
   }
@@ -307,10 +308,15 @@ export class DriverQueue {
     if (desc[o + 1] !== 0) desc[o + 1] = 0;
     if (desc[o + 2] !== len) desc[o + 2] = len;
     if (desc[o + 3] !== flags) desc[o + 3] = flags; // flags and next (0)
-    this.#chainLen[head] = 1;
-    this.#writable[head] = writableBytes;
+    // Compared before stored, like the table words: with in-order recycling
+    // a descriptor comes back to the same chain shape. Across processes the
+    // driver mostly waits for the cache lines of its payload writes, which
+    // the device holds; stores queued behind those wait too, so the fewer
+    // per chain the better.
+    const chainLen = this.#chainLen, writableBytesOf = this.#writable;
+    if (chainLen[head] !== 1) chainLen[head] = 1;
+    if (writableBytesOf[head] !== writableBytes) writableBytesOf[head] = writableBytes;
     this.#inFlight[head] = 1;
-    this.#outstanding++;
     const next = this.#nextAvail, slot = 2 + (next & this.#mask);
     if (arrays.avail[slot] !== head) arrays.avail[slot] = head;
     this.#nextAvail = (next + 1) & 0xffff;
@@ -500,7 +506,6 @@ export class DriverQueue {
     this.#freeHead = freeHead;
     this.#freeTail = freeTail;
     this.#numFree = numFree;
-    this.#outstanding -= n;
     this.#lastUsed = lastUsed;
     this.#usedLen = lastLen;
     this.#askNextInterrupt(rings);
@@ -555,7 +560,7 @@ export class DriverQueue {
     const ready = (idx - lastUsed) & 0xffff;
     if (ready === 0) return 0;
     // Only chains the device could have seen can come back.
-    const published = this.#outstanding - ((this.#nextAvail - this.#publishedAvail) & 0xffff);
+    const published = (this.#publishedAvail - this.#lastUsed) & 0xffff;
     if (ready > published) throw VirtqueueError.usedIdxJump(idx, lastUsed, published);
     this.#usedSeen = idx;
     return ready;
@@ -578,7 +583,6 @@ export class DriverQueue {
    */
   #recycle(id: number): void {
     this.#inFlight[id] = 0;
-    this.#outstanding--;
     const n = this.#chainLen[id]!;
     let last = id;
     // One-descriptor chains (the common case) skip the walk to the tail.
@@ -618,7 +622,6 @@ export class DriverQueue {
     this.#publishedAvail = 0;
     this.#lastUsed = 0;
     this.#usedSeen = 0;
-    this.#outstanding = 0;
     this.#interruptsDisabled = false;
   }
 
@@ -646,7 +649,6 @@ export class DriverQueue {
   #offer(rings: RingViews, head: number, writableBytes: number): void {
     this.#writable[head] = writableBytes;
     this.#inFlight[head] = 1;
-    this.#outstanding++;
     const ao = 4 + 2 * (this.#nextAvail & this.#mask);
     // Stored only when it changes, as in addOne: with in-order recycling the
     // entry usually already holds this head from the previous lap.

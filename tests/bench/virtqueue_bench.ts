@@ -5,14 +5,16 @@
  *
  * Each measurement is a fresh pair of processes sharing one memfd (sent over
  * a unix socket with SCM_RIGHTS): a producer and a consumer, both
- * busy-polling, 64-byte messages. Virtqueue: driver `addOne` + `publish`
- * per batch, device `popBatch` (one avail-index load per batch) + chain
- * reader copy + `addUsedBatch` + `publishUsed` per batch, driver
- * `popUsedId` recycling. Raw ring: the
- * producer writes into the next slot and stores its tail once per batch,
- * the consumer copies the slot out and stores its head once per batch. Both
- * consumers copy every message into a private buffer and check its sequence
- * word; both publish once per batch of the same size.
+ * busy-polling, 64-byte messages. Virtqueue: the driver takes back used
+ * chains (`popUsedBatch`), writes a batch of messages into its buffers, adds
+ * one chain per message (`addOne`) and publishes once; the device pops a
+ * batch (`popBatch`, one avail-index load), copies each message out with the
+ * chain's reader, and returns the batch (`addUsedBatch`, `publishUsed`). Raw
+ * ring: the producer writes a batch of messages into the next slots and
+ * stores its tail once, the consumer copies them out and stores its head
+ * once. Both consumers copy every message into a private buffer and check
+ * its sequence word; both sides publish once per batch of the same size, and
+ * all four processes run one function call per batch.
  *
  * The kinds alternate over `--rounds` rounds (order flipped every round).
  * Each measurement also records how much CPU other processes took meanwhile
