@@ -375,7 +375,9 @@ export class DriverQueue {
     const old = this.#publishedAvail, now = this.#nextAvail;
     if (old === now) return false;
     this.#bind(mem);
-    mem.storeU16(this.#availIdxAddr, now);
+    const arrays = this.#arrays;
+    if (arrays !== null) Atomics.store(arrays.avail, 1, now);
+    else mem.storeU16(this.#availIdxAddr, now);
     this.#publishedAvail = now;
     // Atomics are sequentially consistent: the idx store is visible before
     // the load below reads the device's suppression field.
@@ -383,7 +385,10 @@ export class DriverQueue {
       const event = mem.loadU16(this.#availEventAddr);
       return ((now - event - 1) & 0xffff) < ((now - old) & 0xffff);
     }
-    return (mem.loadU16(this.#usedFlagsAddr) & VIRTQ_USED_F_NO_NOTIFY) === 0;
+    const flags = arrays !== null
+      ? Atomics.load(arrays.usedHalves, 0)
+      : mem.loadU16(this.#usedFlagsAddr);
+    return (flags & VIRTQ_USED_F_NO_NOTIFY) === 0;
   }
 
   /**
@@ -463,16 +468,23 @@ export class DriverQueue {
     // The loop works on locals and writes the queue's fields back once: it
     // is the driver's per-chain hot path. The rules are #checkUsed's and the
     // free-list steps #recycle's, inline.
-    const used = rings.used, mask = this.#mask, size = this.#size;
+    const used = rings.used, words = this.#arrays?.used, mask = this.#mask, size = this.#size;
     const inFlight = this.#inFlight, writable = this.#writable;
     const chainLen = this.#chainLen, next = this.#next;
     let freeHead = this.#freeHead, freeTail = this.#freeTail, numFree = this.#numFree;
     let n = 0, lastLen = 0;
     let bad: VirtqueueError | null = null;
     for (; n < max; n++) {
-      const o = 4 + 8 * (lastUsed & mask);
-      const id = used.getUint32(o, true);
-      const len = used.getUint32(o + 4, true);
+      let id: number, len: number;
+      if (words !== undefined) {
+        const w = 1 + 2 * (lastUsed & mask);
+        id = words[w]!;
+        len = words[w + 1]!;
+      } else {
+        const o = 4 + 8 * (lastUsed & mask);
+        id = used.getUint32(o, true);
+        len = used.getUint32(o + 4, true);
+      }
       if (!(id < size) || inFlight[id] === 0) {
         bad = VirtqueueError.usedId(id, size);
         break;
@@ -556,7 +568,10 @@ export class DriverQueue {
    */
   #loadUsedIdx(mem: GuestMemory): number {
     const lastUsed = this.#lastUsed;
-    const idx = mem.loadU16(this.#usedIdxAddr);
+    const arrays = this.#arrays;
+    const idx = arrays !== null && mem === this.#mem
+      ? Atomics.load(arrays.usedHalves, 1)
+      : mem.loadU16(this.#usedIdxAddr);
     const ready = (idx - lastUsed) & 0xffff;
     if (ready === 0) return 0;
     // Only chains the device could have seen can come back.
