@@ -150,9 +150,10 @@ export class GuestMemory {
 
   /**
    * The region holding all of `[addr, addr + length)`, or null when the range
-   * is not guest memory. Never throws and allocates nothing. It does not
-   * replace the check at the moment of access: callers that keep the region
-   * still ask {@linkcode GuestMemory.contains} before each copy.
+   * is not guest memory. Never throws and allocates nothing. A caller that
+   * keeps the region (a parsed descriptor chain) may copy within the checked
+   * range later without asking again: the regions of a `GuestMemory` never
+   * change.
    *
    * @example
    * ```ts
