@@ -293,6 +293,29 @@ Deno.test("the reader and writer stay inside the buffers checked at fill, whatev
   assert.equal(chain.writer.position, 8);
 });
 
+Deno.test("a fill that fails leaves the chain empty: nothing unchecked can be read or written", () => {
+  const { mem, table } = setup();
+  mem.write(BASE + 0x1000, pattern(8, 4));
+  desc(mem, TABLE, 0, BASE + 0x1000, 8, 0);
+  // One good readable buffer, then one outside memory: the walk has pushed
+  // the first before the address check fails.
+  desc(mem, TABLE, 1, BASE + 0x1000, 8, NEXT, 2);
+  desc(mem, TABLE, 2, 0x7000_0000, 8, WRITE);
+  // A single descriptor outside memory (the one-descriptor path).
+  desc(mem, TABLE, 3, 0x7000_0000, 8, 0);
+  const chain = new DescriptorChain();
+  for (const bad of [1, 3]) {
+    chain.fill(mem, table, SIZE, 0, false);
+    chain.reader.read(new Uint8Array(2)); // a reader part-way through the good chain
+    assert.throws(() => chain.fill(mem, table, SIZE, bad, false), isKind("address"));
+    assert.equal(chain.count, 0, `chain ${bad}`);
+    assert.equal(chain.readableBytes + chain.writableBytes, 0);
+    assert.equal(chain.reader.remaining, 0);
+    assert.throws(() => chain.reader.read(new Uint8Array(1)), isKind("overrun"));
+    assert.throws(() => chain.writer.write(new Uint8Array(1)), isKind("overrun"));
+  }
+});
+
 Deno.test("an empty chain has no memory yet", () => {
   const chain = new DescriptorChain();
   assert.equal(chain.head, -1);
