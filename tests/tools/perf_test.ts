@@ -600,10 +600,12 @@ Deno.test("--local send_bw --all: every size measured and checked (table)", asyn
 });
 
 Deno.test("--progress draws a bar on stderr for a run over a second and erases it", async () => {
-  // 1.5 GiB of WRITEs: a few seconds here.
-  const r = await perf(["write_bw", ...LOCAL, "-s", "1048576", "-n", "1500", "--progress"]);
+  // 3 GiB of WRITEs between two local hosts: about 2.5 s here, and at least
+  // 1.5 s when the machine runs fast (1.5 GiB once finished in under the
+  // bar's one-second delay, and nothing was drawn).
+  const r = await perf(["write_bw", ...LOCAL, "-s", "1048576", "-n", "3000", "--progress"]);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stderr, /^\rwrite_bw write 1048576 B \[[#.]{30}\] +\d+% \d+\/1500 \d+\.\ds/);
+  assert.match(r.stderr, /^\rwrite_bw write 1048576 B \[[#.]{30}\] +\d+% \d+\/3000 \d+\.\ds/);
   assert.ok(r.stderr.endsWith("\r\x1b[2K"), JSON.stringify(r.stderr.slice(-40)));
   assert.equal(tableRows(r.stdout, "bw").length, 1, "stdout keeps only the table");
 });
