@@ -32,6 +32,12 @@ import {
 } from "./layout.ts";
 
 const TWO_POW_32 = 0x1_0000_0000;
+/**
+ * Generations of a chain run 1 .. this - 1, then start a new lap (see
+ * {@linkcode DescriptorChain.generation}). Any length is correct; this one
+ * makes the explicit rewind at each lap's start negligible.
+ */
+const GENERATION_LAP = 0x10_0000;
 /** True when typed arrays use little-endian order, the order of descriptor fields. */
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 /** `hi` words at or above this make an address beyond 2^53: outside any guest memory. */
@@ -99,8 +105,12 @@ export class DescriptorChain {
   #generation = 0;
 
   /**
-   * Counts fills (wrapping at 2^31). The chain's reader and writer compare it
-   * with the one they last saw and rewind themselves when it moved.
+   * Counts fills in laps: 1 up to 2^20 - 1, then round again. The chain's
+   * reader and writer compare it with the value they last saw and rewind
+   * themselves when it moved. Each lap starts by rewinding both outright, so
+   * a reader or writer left unused for a whole lap (a guest can time that by
+   * posting chains) cannot see its old value come round and keep a stale
+   * position.
    */
   get generation(): number {
     return this.#generation;
@@ -240,19 +250,14 @@ export class DescriptorChain {
     // walk inside, V8 called fill from the pop loops instead of inlining it
     // (--trace-turbo-inlining: "exceeds bytecode limit").
     const words = table === this.#table ? this.#words : this.#wordsOf(table);
-    if (words === null || (head >>> 0) !== head || head >= size) {
-      this.#fillChain(mem, table, size, head, indirect);
-      return;
-    }
     const w = head << 2;
     // Each field is read once: a driver rewriting the table meanwhile
-    // cannot make two reads of one field disagree.
-    const flags = words[w + 3]!;
-    if ((flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) !== 0) {
-      this.#fillChain(mem, table, size, head, indirect);
-      return;
+    // cannot make two reads of one field disagree. -1: not this path.
+    const flags = words !== null && (head >>> 0) === head && head < size ? words[w + 3]! : -1;
+    if (flags < 0 || (flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) !== 0) {
+      return this.#fillChain(mem, table, size, head, indirect);
     }
-    const lo = words[w]!, hi = words[w + 1]!, len = words[w + 2]!;
+    const lo = words![w]!, hi = words![w + 1]!, len = words![w + 2]!;
     const addr = hi === 0 ? lo : toAddr(hi, lo);
     const r = mem.regionOf(addr, len);
     // References are stored only when they change: a pointer store pays
@@ -262,7 +267,7 @@ export class DescriptorChain {
     this.#head = head;
     // The reader and writer rewind when they next see a new generation:
     // one store here instead of six (3-4 ns of a 20 ns pop, measured).
-    this.#generation = (this.#generation + 1) | 0;
+    if (++this.#generation === GENERATION_LAP) this.#newLap();
     if (r === null) return this.#outside(head, addr, len);
     if (this.#region0 !== r) this.#region0 = r;
     const offset = addr - r.start;
@@ -310,6 +315,14 @@ export class DescriptorChain {
     throw this.#emptied(VirtqueueError.address(head, addr, len));
   }
 
+  /** Starts a new lap of generations (see {@linkcode DescriptorChain.generation}). */
+  #newLap(): void {
+    this.#generation = 0;
+    this.#reader.rewind();
+    this.#writer.rewind();
+    this.#generation = 1;
+  }
+
   /** Empties the chain and returns `e`, for the caller to throw. */
   #emptied(e: unknown): unknown {
     this.#count = 0;
@@ -333,7 +346,7 @@ export class DescriptorChain {
     this.#readable = 0;
     this.#readableBytes = 0;
     this.#writableBytes = 0;
-    this.#generation = (this.#generation + 1) | 0;
+    if (++this.#generation === GENERATION_LAP) this.#newLap();
     if (!(head >= 0 && head < size)) throw VirtqueueError.headOutOfRange(head, size);
     let i = head;
     let ttl = size;

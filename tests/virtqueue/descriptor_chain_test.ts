@@ -316,6 +316,27 @@ Deno.test("a fill that fails leaves the chain empty: nothing unchecked can be re
   }
 });
 
+Deno.test("a writer left unused while the generations come round is still rewound", () => {
+  const { mem, table } = setup();
+  desc(mem, TABLE, 0, BASE + 0x1000, 8, NEXT, 1);
+  desc(mem, TABLE, 1, BASE + 0x2000, 8, WRITE);
+  const chain = new DescriptorChain();
+  chain.fill(mem, table, SIZE, 0, false);
+  chain.writer.write(new Uint8Array(4).fill(1)); // the writer stands at byte 4 at generation g
+  const g = chain.generation;
+  // The guest posts the same chain until the generation comes round to g.
+  let fills = 0;
+  do {
+    chain.fill(mem, table, SIZE, 0, false);
+    fills++;
+  } while (chain.generation !== g && fills < 1 << 22);
+  assert.equal(chain.generation, g, `the generation came round after ${fills} fills`);
+  // A fresh chain: the writer starts again at its first writable byte.
+  assert.equal(chain.writer.position, 0);
+  chain.writer.write(new Uint8Array(8).fill(2));
+  assert.deepEqual([...mem.bytes(BASE + 0x2000, 8)], new Array(8).fill(2));
+});
+
 Deno.test("an empty chain has no memory yet", () => {
   const chain = new DescriptorChain();
   assert.equal(chain.head, -1);
