@@ -28,7 +28,11 @@
  *
  *     deno task bench:virtqueue [--batch 32] [--size 256] [--seconds 3] [--warmup 1] [--rounds 4]
  *
- * For looking into it: `--only virtqueue|raw` runs one kind (no summary),
+ * `--floor` adds a third kind to every round: the same split ring written by
+ * hand for exactly this traffic (fixtures/floor_*.ts), the floor under the
+ * library's cost; the summary then also has its rate and ratio.
+ *
+ * For looking into it: `--only virtqueue|raw|floor` runs one kind (no summary),
  * `--profile producer|consumer` adds a line with that side's top functions
  * by self time, sampled over the measured window through the V8 inspector.
  *
@@ -42,8 +46,11 @@ import { type Measurement, memBytes, PAYLOAD } from "./fixtures/bench_child.ts";
 import { CpuProfiler, freePort, selfTimes } from "./fixtures/cpu_profile.ts";
 import { ForeignLoad } from "./fixtures/cpu_load.ts";
 
-/** The two things measured. */
-type Kind = "virtqueue" | "raw";
+/** The things measured: the library, the raw ring, and the hand-written floor (`--floor`). */
+type Kind = "virtqueue" | "raw" | "floor";
+
+/** Each kind's fixtures: `<prefix>_producer.ts` and `<prefix>_consumer.ts`. */
+const PREFIX: Record<Kind, string> = { virtqueue: "vq", raw: "raw", floor: "floor" };
 
 /** A process of a pair. */
 type Role = "producer" | "consumer";
@@ -91,7 +98,7 @@ async function measure(kind: Kind, o: Options): Promise<Result> {
     "--seconds",
     String(o.seconds),
   ];
-  const prefix = kind === "virtqueue" ? "vq" : "raw";
+  const prefix = PREFIX[kind];
   const port = o.profile === undefined ? 0 : freePort();
   const spawn = (role: Role): Deno.ChildProcess =>
     new Deno.Command(Deno.execPath(), {
@@ -220,12 +227,13 @@ if (import.meta.main) {
       warmup: { type: "string", default: "1" },
       rounds: { type: "string", default: "4" },
       only: { type: "string" },
+      floor: { type: "boolean", default: false },
       profile: { type: "string" },
     },
   });
   const only = values.only;
-  if (only !== undefined && only !== "virtqueue" && only !== "raw") {
-    throw new TypeError(`--only must be virtqueue or raw, got ${only}`);
+  if (only !== undefined && only !== "virtqueue" && only !== "raw" && only !== "floor") {
+    throw new TypeError(`--only must be virtqueue, raw or floor, got ${only}`);
   }
   const profile = values.profile;
   if (profile !== undefined && profile !== "producer" && profile !== "consumer") {
@@ -242,9 +250,10 @@ if (import.meta.main) {
   if (!Number.isInteger(rounds) || rounds < 1) {
     throw new RangeError(`--rounds must be a positive integer, got ${values.rounds}`);
   }
-  const results: Record<Kind, Result[]> = { virtqueue: [], raw: [] };
+  const results: Record<Kind, Result[]> = { virtqueue: [], raw: [], floor: [] };
+  const kinds: Kind[] = values.floor ? ["raw", "virtqueue", "floor"] : ["raw", "virtqueue"];
   for (let round = 1; round <= rounds; round++) {
-    const order: Kind[] = round % 2 === 1 ? ["raw", "virtqueue"] : ["virtqueue", "raw"];
+    const order = round % 2 === 1 ? kinds : [...kinds].reverse();
     for (const kind of order.filter((k) => only === undefined || k === only)) {
       const m = await measure(kind, o);
       results[kind].push(m);
@@ -275,12 +284,26 @@ if (import.meta.main) {
   // The ratio pairs the two measurements of each round: they ran seconds
   // apart, so drifts of the machine (the VM's cores moving between host
   // cores changes both figures two- to three-fold, measured) mostly cancel.
-  const ratios: number[] = [];
-  for (let i = 0; i < rounds; i++) {
-    const v = results.virtqueue[i]!, r = results.raw[i]!;
-    if (quiet(v) && quiet(r)) ratios.push(v.msgsPerSec / r.msgsPerSec);
-  }
+  const roundRatios = (kind: Kind): number[] => {
+    const out: number[] = [];
+    for (let i = 0; i < rounds; i++) {
+      const v = results[kind][i]!, r = results.raw[i]!;
+      if (quiet(v) && quiet(r)) out.push(v.msgsPerSec / r.msgsPerSec);
+    }
+    return out;
+  };
+  const ratios = roundRatios("virtqueue");
   const ratio = ratios.length > 0 ? median(ratios) : ours / base;
+  // The floor's figures, the same way, when it ran.
+  const floor = values.floor ? clean(results.floor) : [];
+  const floorRate = floor.length > 0 ? median(floor.map((r) => r.msgsPerSec)) : 0;
+  const floorRatios = values.floor ? roundRatios("floor") : [];
+  const floorFigures = values.floor
+    ? {
+      floorChainsPerSec: Math.round(floorRate),
+      floorRatio: round2(floorRatios.length > 0 ? median(floorRatios) : floorRate / base),
+    }
+    : {};
   // True when a figure below rests on disturbed measurements: then it is suspect.
   const disturbed = ratios.length === 0;
   console.log(JSON.stringify({
@@ -290,6 +313,7 @@ if (import.meta.main) {
     baselineMsgsPerSec: Math.round(base),
     baselineMbPerSec: round2(mb(base)),
     ratio: round2(ratio),
+    ...floorFigures,
     batch: o.batch,
     queueSize: o.size,
     payloadBytes: PAYLOAD,
