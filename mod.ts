@@ -44,6 +44,7 @@ export type {
   AsyncEvent,
   AtomicInfo,
   ConnectionInfo,
+  ConnectOptions,
   CqInit,
   GuestBuffer,
   MrRange,

@@ -28,6 +28,7 @@ export type {
   AhAttr,
   AtomicInfo,
   ConnectionInfo,
+  ConnectOptions,
   CqInit,
   QpAttr,
   QpCap,

@@ -26,6 +26,7 @@ import type { Pd } from "./pd.ts";
 import { Srq } from "./srq.ts";
 import type {
   ConnectionInfo,
+  ConnectOptions,
   QpInit,
   QpQueryResult,
   RecvWr,
@@ -412,9 +413,11 @@ export class Qp {
    * 16 outstanding reads as target, RNR timer 12, the remote GID), RTS (this
    * QP's {@linkcode Qp.psn}, timeout 14, retry 7, RNR retry 7, 16
    * outstanding reads). Steps the QP already took are skipped. UD QPs have no
-   * remote: bring them up with {@linkcode Qp.modify}.
+   * remote: bring them up with {@linkcode Qp.modify}. `options` overrides any
+   * of those attributes; each is checked by the transition that takes it,
+   * with that transition's error.
    */
-  async connect(remote: ConnectionInfo): Promise<void> {
+  async connect(remote: ConnectionInfo, options: ConnectOptions = {}): Promise<void> {
     this.#usable();
     if (this.qpType === "UD") {
       throw new VerbsError(
@@ -428,36 +431,36 @@ export class Qp {
       throw new VerbsError("EINVAL", `remote gid ${String(remote.gid)} is not GID text`);
     }
     const rc = this.qpType === "RC";
+    // Each attribute as given, or the usual one (undefined counts as not given).
+    const o = (key: keyof typeof CONNECT): number => options[key] ?? CONNECT[key];
     if (this.#state === "RESET") {
       await this.modify({
         qpState: "INIT",
         pkeyIndex: 0,
         portNum: 1,
-        qpAccessFlags: CONNECT.accessFlags,
+        qpAccessFlags: o("accessFlags"),
       });
     }
     if (this.#state === "INIT") {
       await this.modify({
         qpState: "RTR",
-        pathMtu: this.#dev.queryPort(1).activeMtu,
+        pathMtu: options.pathMtu ?? this.#dev.queryPort(1).activeMtu,
         destQpNum: remote.qpNum,
         rqPsn: remote.psn,
         ahAttr: { dgid: remote.gid, portNum: 1 },
-        ...(rc
-          ? { maxDestRdAtomic: CONNECT.maxDestRdAtomic, minRnrTimer: CONNECT.minRnrTimer }
-          : {}),
+        ...(rc ? { maxDestRdAtomic: o("maxDestRdAtomic"), minRnrTimer: o("minRnrTimer") } : {}),
       });
     }
     if (this.#state === "RTR") {
       await this.modify({
         qpState: "RTS",
-        sqPsn: this.psn,
+        sqPsn: options.sqPsn ?? this.psn,
         ...(rc
           ? {
-            timeout: CONNECT.timeout,
-            retryCnt: CONNECT.retryCnt,
-            rnrRetry: CONNECT.rnrRetry,
-            maxRdAtomic: CONNECT.maxRdAtomic,
+            timeout: o("timeout"),
+            retryCnt: o("retryCnt"),
+            rnrRetry: o("rnrRetry"),
+            maxRdAtomic: o("maxRdAtomic"),
           }
           : {}),
       });

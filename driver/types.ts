@@ -166,6 +166,31 @@ export interface ConnectionInfo {
   gid: string;
 }
 
+/**
+ * Overrides for {@linkcode Qp.connect}'s attributes; each left out keeps the
+ * usual value (in brackets). The reliability ones apply to RC only.
+ */
+export interface ConnectOptions {
+  /** Remote access the QP allows [REMOTE_WRITE | REMOTE_READ | REMOTE_ATOMIC]. */
+  accessFlags?: number;
+  /** Path MTU in bytes [the port's active MTU]. */
+  pathMtu?: number;
+  /** Outstanding READ/atomic as target [16]. */
+  maxDestRdAtomic?: number;
+  /** The RNR timer code senders are asked to wait [12]. */
+  minRnrTimer?: number;
+  /** This QP's first send PSN [{@linkcode Qp.psn}]. */
+  sqPsn?: number;
+  /** Local ACK timeout code, 4.096 us * 2^timeout [14]. */
+  timeout?: number;
+  /** Transport retries [7]. */
+  retryCnt?: number;
+  /** RNR retries, 7 = infinite [7]. */
+  rnrRetry?: number;
+  /** Outstanding READ/atomic as initiator [16]. */
+  maxRdAtomic?: number;
+}
+
 /** What `qp.query()` returns (`ibv_query_qp`). */
 export interface QpQueryResult {
   /** Current state. */

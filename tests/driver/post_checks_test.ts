@@ -789,6 +789,34 @@ Deno.test("modify sends exactly the given keys; connect sends the three pingpong
   );
 });
 
+Deno.test("connect options override each attribute they name and keep the rest", async () => {
+  const r = await rig({ state: "RESET" });
+  const before = r.dev.sent(Op.MODIFY_QP).length;
+  await r.qp.connect({ qpNum: 0x321, psn: 5, gid: "::ffff:127.0.0.3" }, {
+    accessFlags: Access.REMOTE_WRITE,
+    pathMtu: 256,
+    minRnrTimer: 1,
+    sqPsn: 77,
+    timeout: 3,
+    retryCnt: 2,
+    rnrRetry: undefined, // as if not given
+  });
+  const steps = r.dev.sent(Op.MODIFY_QP).slice(before).map((a) => a.attr);
+  assert.deepEqual(steps, [
+    { qpState: "INIT", pkeyIndex: 0, portNum: 1, qpAccessFlags: Access.REMOTE_WRITE },
+    {
+      qpState: "RTR",
+      pathMtu: 256,
+      destQpNum: 0x321,
+      rqPsn: 5,
+      ahAttr: { dgid: "::ffff:127.0.0.3", portNum: 1 },
+      maxDestRdAtomic: 16,
+      minRnrTimer: 1,
+    },
+    { qpState: "RTS", sqPsn: 77, timeout: 3, retryCnt: 2, rnrRetry: 7, maxRdAtomic: 16 },
+  ]);
+});
+
 Deno.test("create and destroy: memory comes back; a refused destroy frees nothing", async () => {
   const dev = new FakeDevice();
   const baseline = dev.allocator.allocations;
