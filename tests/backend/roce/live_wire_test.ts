@@ -288,28 +288,8 @@ async function openSide(host: Backend): Promise<Side> {
 }
 
 async function connectRc(p: Side, peer: Side): Promise<void> {
-  await p.rc.modify({
-    qpState: "INIT",
-    pkeyIndex: 0,
-    portNum: 1,
-    qpAccessFlags: Access.REMOTE_WRITE | Access.REMOTE_READ | Access.REMOTE_ATOMIC,
-  });
-  await p.rc.modify({
-    qpState: "RTR",
+  await p.rc.connect({ qpNum: peer.rc.qpNum, psn: peer.rc.psn, gid: peer.host.gid }, {
     pathMtu: MTU,
-    destQpNum: peer.rc.qpNum,
-    rqPsn: peer.rc.psn,
-    maxDestRdAtomic: 16,
-    minRnrTimer: 12,
-    ahAttr: { dgid: peer.host.gid, portNum: 1 },
-  });
-  await p.rc.modify({
-    qpState: "RTS",
-    sqPsn: p.rc.psn,
-    timeout: 14,
-    retryCnt: 7,
-    rnrRetry: 7,
-    maxRdAtomic: 16,
   });
   await p.ud.modify({ qpState: "INIT", pkeyIndex: 0, portNum: 1, qkey: UD_QKEY });
   await p.ud.modify({ qpState: "RTR" });
