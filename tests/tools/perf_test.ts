@@ -708,6 +708,23 @@ function keyText(g: PerfGuest, rkey = g.mr.rkey): Uint8Array {
   );
 }
 
+/**
+ * The opening exchange, the server's way (read each message, then answer):
+ * version, cycle buffer, cache line and MTU code. Checks what our client
+ * sends (its version, 4096, 64, and "5" for IBV_MTU_4096) and answers the
+ * MTU code `mtuReply`.
+ */
+async function serverHello(conn: Deno.Conn, mtuReply: string): Promise<void> {
+  assert.deepEqual(await readN(conn, 16), VERSION);
+  await writeAll(conn, VERSION);
+  assert.deepEqual([...await readN(conn, 4)], [0, 0, 0x10, 0]); // cycle buffer 4096
+  await writeAll(conn, Uint8Array.of(0, 0, 0x10, 0));
+  assert.deepEqual([...await readN(conn, 4)], [0, 0, 0, 0x40]); // cache line 64
+  await writeAll(conn, Uint8Array.of(0, 0, 0, 0x40));
+  assert.equal(dec.decode(await readN(conn, 2)), "5\0");
+  await writeAll(conn, enc.encode(`${mtuReply}\0`));
+}
+
 /** One key message each way, the server's way: read, then write. */
 async function serverKeys(conn: Deno.Conn, mine: Uint8Array): Promise<string> {
   const theirs = dec.decode(await readN(conn, 108));
@@ -750,15 +767,7 @@ Deno.test("ib_write_bw server, played byte for byte: our client's messages, data
       "127.0.0.1",
     ]);
     const conn = await listener.accept();
-    // The server reads each message first, then answers.
-    assert.deepEqual(await readN(conn, 16), VERSION);
-    await writeAll(conn, VERSION);
-    assert.deepEqual([...await readN(conn, 4)], [0, 0, 0x10, 0]); // cycle buffer 4096
-    await writeAll(conn, Uint8Array.of(0, 0, 0x10, 0));
-    assert.deepEqual([...await readN(conn, 4)], [0, 0, 0, 0x40]); // cache line 64
-    await writeAll(conn, Uint8Array.of(0, 0, 0, 0x40));
-    assert.equal(dec.decode(await readN(conn, 2)), "5\0"); // 4096 is IBV_MTU_4096 = 5
-    await writeAll(conn, enc.encode("3\0")); // as rxe on a 1500-byte link: 1024
+    await serverHello(conn, "3"); // as rxe on a 1500-byte link: 1024
     const mine = keyText(peer);
     const first = await serverKeys(conn, mine);
     const m = KEY_RE("7f:00:00:23").exec(first); // the client's GID ::ffff:127.0.0.35
@@ -817,14 +826,7 @@ Deno.test("ib_send_bw server, played byte for byte: receives posted, a barrier, 
       "127.0.0.1",
     ]);
     const conn = await listener.accept();
-    assert.deepEqual(await readN(conn, 16), VERSION);
-    await writeAll(conn, VERSION);
-    await readN(conn, 4);
-    await writeAll(conn, Uint8Array.of(0, 0, 0x10, 0));
-    await readN(conn, 4);
-    await writeAll(conn, Uint8Array.of(0, 0, 0, 0x40));
-    assert.equal(dec.decode(await readN(conn, 2)), "5\0");
-    await writeAll(conn, enc.encode("5\0"));
+    await serverHello(conn, "5");
     const mine = keyText(peer);
     const first = await serverKeys(conn, mine);
     await peer.connect(decodeKeyMessage(enc.encode(first)), 4096);
@@ -940,14 +942,7 @@ Deno.test("a failed work completion ends the run with status 1 and perftest's me
       "127.0.0.1",
     ]);
     const conn = await listener.accept();
-    await readN(conn, 16);
-    await writeAll(conn, VERSION);
-    await readN(conn, 4);
-    await writeAll(conn, Uint8Array.of(0, 0, 0x10, 0));
-    await readN(conn, 4);
-    await writeAll(conn, Uint8Array.of(0, 0, 0, 0x40));
-    await readN(conn, 2);
-    await writeAll(conn, enc.encode("5\0"));
+    await serverHello(conn, "5");
     // A key message whose rkey is not the buffer's: every WRITE is refused.
     const wrong = keyText(peer, peer.mr.rkey ^ 0x5500);
     const first = await serverKeys(conn, wrong);
