@@ -325,11 +325,16 @@ export class DescriptorChain {
 
   /** Empties the chain and returns `e`, for the caller to throw. */
   #emptied(e: unknown): unknown {
+    this.#clear();
+    return e;
+  }
+
+  /** No buffers: the reader and writer refuse every byte. */
+  #clear(): void {
     this.#count = 0;
     this.#readable = 0;
     this.#readableBytes = 0;
     this.#writableBytes = 0;
-    return e;
   }
 
   /** The walk of {@linkcode DescriptorChain.#fillChain}; throws on the first broken rule. */
@@ -342,10 +347,7 @@ export class DescriptorChain {
   ): void {
     this.#mem = mem;
     this.#head = head;
-    this.#count = 0;
-    this.#readable = 0;
-    this.#readableBytes = 0;
-    this.#writableBytes = 0;
+    this.#clear();
     if (++this.#generation === GENERATION_LAP) this.#newLap();
     if (!(head >= 0 && head < size)) throw VirtqueueError.headOutOfRange(head, size);
     let i = head;
