@@ -11,7 +11,7 @@
  */
 
 import assert from "node:assert/strict";
-import type { Backend, Device } from "../../mod.ts";
+import type { Backend, Device, Srq } from "../../mod.ts";
 import { openDevice } from "../../mod.ts";
 import { Op } from "../../protocol/device_interface.ts";
 import {
@@ -79,21 +79,39 @@ async function expectNoEvent(dev: Device, ms = 300): Promise<void> {
 }
 
 /** One guest with two connected RC pairs (a-b, c-d) on `host`, and its ring spy. */
+/**
+ * One guest with two connected pairs a-b and c-d on one PD; with
+ * `srqForB`, b takes its receives from an SRQ (16 WRs, 1 SGE).
+ */
 async function guestWithTwoPairs(
   host: Backend,
-): Promise<{ dev: Device; rings: Rings; a: Player; b: Player; c: Player; d: Player }> {
+  options: { srqForB?: boolean } = {},
+): Promise<
+  { dev: Device; rings: Rings; a: Player; b: Player; c: Player; d: Player; srq: Srq | null }
+> {
   const dev = await openDevice({ socket: host.socket, memoryBytes: 8 << 20 });
   const rings = spyRings(dev);
   const pd = await dev.allocPd();
+  const srq = options.srqForB ? await pd.createSrq({ maxWr: 16, maxSge: 1 }) : null;
   const [a, b, c, d] = [
     await createPlayer(host, { dev, pd }),
-    await createPlayer(host, { dev, pd }),
+    await createPlayer(host, srq === null ? { dev, pd } : { dev, pd, srq }),
     await createPlayer(host, { dev, pd }),
     await createPlayer(host, { dev, pd }),
   ];
   await connectPlayers(a, b);
   await connectPlayers(c, d);
-  return { dev, rings, a, b, c, d };
+  return { dev, rings, a, b, c, d, srq };
+}
+
+/** Posts one signaled 16-byte SEND from `p` to its peer. */
+function sendOne(p: Player): void {
+  p.qp.postSend({
+    wrId: 1n,
+    opcode: "SEND",
+    sendFlags: SendFlags.SIGNALED,
+    sgList: [sge(p, p.srcOff, 16)],
+  });
 }
 
 function fatalTest(name: string, fn: (host: Backend) => Promise<void>): void {
@@ -136,12 +154,7 @@ fatalTest("a scribbled RQ gives QP_FATAL when a SEND arrives; another QP goes on
   try {
     // Published but never rung: the device finds it broken on the SEND's arrival.
     scribble(dev, rings.get(`qp ${b.qp.handle} rq`), "QP b's RQ");
-    a.qp.postSend({
-      wrId: 1n,
-      opcode: "SEND",
-      sendFlags: SendFlags.SIGNALED,
-      sgList: [sge(a, a.srcOff, 16)],
-    });
+    sendOne(a);
     const event = await nextAsyncEvent(dev);
     assert.deepEqual(event, { type: "QP_FATAL", element: b.qp.handle, info: 0 });
     assert.equal((await b.qp.query()).state, "ERR");
@@ -152,27 +165,13 @@ fatalTest("a scribbled RQ gives QP_FATAL when a SEND arrives; another QP goes on
 });
 
 fatalTest("a scribbled SRQ gives SRQ_ERR for it when a SEND arrives", async (host) => {
-  const dev = await openDevice({ socket: host.socket, memoryBytes: 8 << 20 });
-  const rings = spyRings(dev);
+  const { dev, rings, a, b, c, d, srq } = await guestWithTwoPairs(host, { srqForB: true });
   try {
-    const pd = await dev.allocPd();
-    const srq = await pd.createSrq({ maxWr: 16, maxSge: 1 });
-    const a = await createPlayer(host, { dev, pd });
-    const b = await createPlayer(host, { dev, pd, srq });
-    const c = await createPlayer(host, { dev, pd });
-    const d = await createPlayer(host, { dev, pd });
-    await connectPlayers(a, b);
-    await connectPlayers(c, d);
     await traffic(a, b, { opcode: "SEND", iters: 1, bothWays: false });
-    scribble(dev, rings.get(`srq ${srq.handle}`), "the SRQ");
-    a.qp.postSend({
-      wrId: 1n,
-      opcode: "SEND",
-      sendFlags: SendFlags.SIGNALED,
-      sgList: [sge(a, a.srcOff, 16)],
-    });
+    scribble(dev, rings.get(`srq ${srq!.handle}`), "the SRQ");
+    sendOne(a);
     const event = await nextAsyncEvent(dev);
-    assert.deepEqual(event, { type: "SRQ_ERR", element: srq.handle, info: 0 });
+    assert.deepEqual(event, { type: "SRQ_ERR", element: srq!.handle, info: 0 });
     await traffic(c, d, { opcode: "SEND", iters: 2 });
   } finally {
     await dev.close();
